@@ -1,0 +1,206 @@
+// Package backend defines the contract between Cairn's CSI driver and its
+// storage pools. It owns the Backend interface, the optional one-method
+// capability interfaces, and the value types that cross that boundary.
+//
+// # Terms
+//
+//   - A pool is one configured instance of a backend type ("dir", "btrfs",
+//     "image") rooted at a path on the node.
+//   - A volume is a unit of storage in a pool, named on disk by the ID the
+//     driver gives it (never by user input). IDs are validated by the driver
+//     before they reach a backend: no "/", no "..", no NUL.
+//   - A snapshot is a read-only, point-in-time copy of a volume, in the same
+//     pool, also named by its ID.
+//   - A source describes where a volume's data can be reached on this node
+//     (a directory, an image file, a block device). Backends never mount,
+//     attach or format anything: that is the node layer's job, so that every
+//     backend shares one implementation of mount safety.
+//
+// # Crash safety
+//
+// Every method that changes disk state takes a commit callback, which the
+// driver uses to run its metadata transaction at the one point where doing so
+// is safe:
+//
+//	CreateVolume:   build in new-<id>   -> rename to <id> -> commit() -> done
+//	                                                      commit failed -> remove <id>
+//	DeleteVolume:   rename <id> to rm-<id> -> commit() -> remove rm-<id>
+//	                                       commit failed -> rename back
+//
+// A crash at any point leaves either a directory the store does not know
+// (new-*, rm-*, or a renamed <id> whose commit never happened), which
+// Reconcile removes, or a consistent pair. Backends must make every
+// operation idempotent: a retried call after a crash must converge.
+//
+// # Lifecycle
+//
+//	b, _ := dirpool.New(ctx, "fast", "/srv/cairn/fast")
+//	b.Reconcile(ctx, inventory)                         // at start-up
+//	v, _ := b.CreateVolume(ctx, "vol-1", Spec{CapacityBytes: 1 << 30}, commit)
+//	src, _ := b.Source(ctx, "vol-1")                    // node layer mounts src
+//	b.DeleteVolume(ctx, "vol-1", commit)
+package backend
+
+import (
+	"context"
+	"time"
+)
+
+// Backend is one storage pool. All methods are safe for concurrent use on
+// different IDs; the driver serialises calls on the same ID.
+type Backend interface {
+	// Type is the pool type name, e.g. "dir".
+	Type() string
+	// Check reports whether the pool is usable now (path present, writable,
+	// the expected filesystem). It is Probe's per-pool check.
+	Check(ctx context.Context) error
+	// Capacity reports the space the pool can still give to new volumes.
+	Capacity(ctx context.Context) (Capacity, error)
+	// CreateVolume creates volume id with at least spec.CapacityBytes, staged
+	// as the package comment describes. It is idempotent: if id already exists
+	// with a compatible size, it calls commit and returns the volume.
+	CreateVolume(ctx context.Context, id string, spec Spec, commit func(Volume) error) (Volume, error)
+	// DeleteVolume removes volume id. A missing volume calls commit and
+	// returns nil.
+	DeleteVolume(ctx context.Context, id string, commit func() error) error
+	// Source returns where volume id's data is on this node, or an error of
+	// class errdefs.ErrNotFound.
+	Source(ctx context.Context, id string) (Source, error)
+	// Usage reports space and inode usage of volume id.
+	Usage(ctx context.Context, id string) (Usage, error)
+	// Reconcile removes staged leftovers (new-*, rm-*) and every volume or
+	// snapshot not in inv, and reports what it found and did. It is called
+	// at start-up, before the driver serves, and must not touch anything
+	// outside the pool's path.
+	Reconcile(ctx context.Context, inv Inventory) (Report, error)
+}
+
+// Snapshotter is implemented by pools that can snapshot volumes.
+type Snapshotter interface {
+	// CreateSnapshot makes snapshot snapID of volume volID, staged like
+	// CreateVolume. Idempotent for an existing snapID of the same volume.
+	CreateSnapshot(ctx context.Context, snapID, volID string, commit func(Snapshot) error) (Snapshot, error)
+}
+
+// SnapshotDeleter is implemented by pools that implement Snapshotter.
+type SnapshotDeleter interface {
+	// DeleteSnapshot removes snapshot snapID, staged like DeleteVolume.
+	DeleteSnapshot(ctx context.Context, snapID string, commit func() error) error
+}
+
+// ContentCreator is implemented by pools that can create a volume
+// pre-populated from a snapshot or another volume (restore and clone).
+type ContentCreator interface {
+	// CreateVolumeFrom is CreateVolume with the data of src. The new
+	// capacity is at least the source's.
+	CreateVolumeFrom(ctx context.Context, id string, spec Spec, src ContentSource, commit func(Volume) error) (Volume, error)
+}
+
+// Expander is implemented by pools whose volumes can grow.
+type Expander interface {
+	// ExpandVolume grows volume id to at least newBytes and returns the new
+	// capacity. A request at or below the current size changes nothing and
+	// returns the current capacity: volumes never shrink.
+	ExpandVolume(ctx context.Context, id string, newBytes int64) (int64, error)
+}
+
+// AccessType is how a volume is consumed on the node.
+type AccessType int
+
+// Access types.
+const (
+	AccessMount AccessType = iota // a filesystem mounted at the target
+	AccessBlock                   // a raw block device at the target
+)
+
+func (a AccessType) String() string {
+	if a == AccessBlock {
+		return "block"
+	}
+	return "mount"
+}
+
+// Spec is what the driver asks a backend to create.
+type Spec struct {
+	CapacityBytes int64      // the minimum size; backends may round up
+	LimitBytes    int64      // 0 = no upper bound; a backend that must round past it fails with ErrOutOfRange
+	AccessType    AccessType // pools that cannot serve it return ErrInvalidArgument
+}
+
+// Volume is what a backend reports about a volume.
+type Volume struct {
+	ID            string
+	CapacityBytes int64
+}
+
+// Snapshot is what a backend reports about a snapshot.
+type Snapshot struct {
+	ID        string
+	VolumeID  string
+	SizeBytes int64
+	CreatedAt time.Time
+}
+
+// ContentSource names the data a new volume starts from. Exactly one field
+// is set.
+type ContentSource struct {
+	SnapshotID string
+	VolumeID   string
+}
+
+// Capacity is a pool's space.
+type Capacity struct {
+	TotalBytes     int64
+	AvailableBytes int64
+	// MaxVolumeBytes is the largest single volume the pool could create now.
+	MaxVolumeBytes int64
+	// Enforced is true when volume sizes are hard limits (quota, qgroup,
+	// file size). A dir pool without project quota reports false and says so.
+	Enforced bool
+}
+
+// SourceKind says how the node layer reaches a volume's data.
+type SourceKind int
+
+// Source kinds.
+const (
+	SourceDirectory   SourceKind = iota // bind-mount Path
+	SourceImageFile                     // attach Path to a loop device first
+	SourceBlockDevice                   // Path is a block device node
+)
+
+func (k SourceKind) String() string {
+	switch k {
+	case SourceImageFile:
+		return "image"
+	case SourceBlockDevice:
+		return "block"
+	}
+	return "directory"
+}
+
+// Source is where a volume's data is on this node.
+type Source struct {
+	Kind SourceKind
+	Path string
+}
+
+// Usage is a volume's space and inode usage. Zero inode fields mean the
+// backend cannot tell.
+type Usage struct {
+	TotalBytes, UsedBytes, AvailableBytes    int64
+	TotalInodes, UsedInodes, AvailableInodes int64
+}
+
+// Inventory is what the metadata store knows, given to Reconcile.
+type Inventory struct {
+	Volumes   map[string]bool
+	Snapshots map[string]bool
+}
+
+// Report is what Reconcile found and did.
+type Report struct {
+	Removed []string // paths removed (staged leftovers and unknown entries)
+	Missing []string // IDs in the inventory with nothing on disk
+	Errors  []string // what could not be cleaned, and why
+}
