@@ -204,3 +204,11 @@ type Report struct {
 	Missing []string // IDs in the inventory with nothing on disk
 	Errors  []string // what could not be cleaned, and why
 }
+
+// ImageFiles is implemented by pools whose volumes are image files, so that
+// the node can tell which loop devices point into the pool.
+type ImageFiles interface {
+	// VolumeForImage returns the volume ID that image path belongs to, if
+	// path is a volume image of this pool (whether or not it still exists).
+	VolumeForImage(path string) (id string, ok bool)
+}

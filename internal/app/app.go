@@ -1,0 +1,292 @@
+// Package app owns the cairn command: its flags (each with a CAIRN_*
+// environment twin), opening the store and pools, start-up reconcile,
+// serving gRPC, optional kubelet registration and metrics, and graceful
+// shutdown on SIGTERM.
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	mount "k8s.io/mount-utils"
+	utilexec "k8s.io/utils/exec"
+
+	"github.com/cairn-csi/cairn/internal/driver"
+	"github.com/cairn-csi/cairn/internal/endpoint"
+	"github.com/cairn-csi/cairn/internal/kubeletreg"
+	"github.com/cairn-csi/cairn/internal/store"
+)
+
+// Config is the parsed command line.
+type Config struct {
+	Endpoint                string
+	NodeID                  string
+	DriverName              string
+	DataDir                 string
+	Pools                   poolFlags
+	Mode                    string
+	LogFormat               string
+	LogLevel                string
+	ShowVersion             bool
+	MetricsAddress          string
+	KubeletRegistrationPath string
+	PluginRegistrationDir   string
+	ControllerExpansion     bool
+	SocketGroup             string
+	MaxVolumesPerNode       int64
+	ShutdownTimeout         time.Duration
+	TLSCertFile             string
+	TLSKeyFile              string
+	TLSClientCAFile         string
+}
+
+// Version is the module version from the build info ("(devel)" in a
+// plain go build).
+func Version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(unknown)"
+}
+
+// envName is a flag's environment twin: --node-id is CAIRN_NODE_ID.
+func envName(flagName string) string {
+	return "CAIRN_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// Parse parses args (without the program name), applying environment
+// twins for flags not given on the command line.
+func Parse(args []string, getenv func(string) string, stderr io.Writer) (Config, error) {
+	host, _ := os.Hostname()
+	var c Config
+	fs := flag.NewFlagSet("cairn", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.Endpoint, "endpoint", "unix:///run/cairn/csi.sock", "CSI endpoint: unix:///path, or tcp://host:port with mutual TLS")
+	fs.StringVar(&c.NodeID, "node-id", host, "node ID reported to the CO (default: the host name)")
+	fs.StringVar(&c.DriverName, "driver-name", "cairn.csi.dev", "CSI driver name")
+	fs.StringVar(&c.DataDir, "data-dir", "/var/lib/cairn", "directory for the metadata store and the default pool")
+	fs.Var(&c.Pools, "pool", "a pool as name=type:path (types: "+strings.Join(PoolTypes(), ", ")+"); repeatable; default: default=dir:<data-dir>/pools/default")
+	fs.StringVar(&c.Mode, "mode", "all", "services to serve: controller, node or all")
+	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.BoolVar(&c.ShowVersion, "version", false, "print the version and exit")
+	fs.StringVar(&c.MetricsAddress, "metrics-address", "", "address for Prometheus /metrics and /healthz, e.g. 127.0.0.1:9808 (off when empty)")
+	fs.StringVar(&c.KubeletRegistrationPath, "kubelet-registration-path", "", "the CSI socket path as kubelet sees it; when set, register with kubelet directly")
+	fs.StringVar(&c.PluginRegistrationDir, "plugin-registration-dir", "/var/lib/kubelet/plugins_registry", "kubelet's plugin registration directory")
+	fs.BoolVar(&c.ControllerExpansion, "controller-expansion", true, "advertise controller EXPAND_VOLUME (off: expansion happens in NodeExpandVolume)")
+	fs.StringVar(&c.SocketGroup, "socket-group", "", "group that owns the Unix socket (mode 0660); default: root only (0600)")
+	fs.Int64Var(&c.MaxVolumesPerNode, "max-volumes-per-node", 0, "volumes this node may hold published at once (0: no limit)")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight calls may run after SIGTERM")
+	fs.StringVar(&c.TLSCertFile, "tls-cert-file", "", "server certificate (tcp:// endpoints)")
+	fs.StringVar(&c.TLSKeyFile, "tls-key-file", "", "server key (tcp:// endpoints)")
+	fs.StringVar(&c.TLSClientCAFile, "tls-client-ca-file", "", "CA that client certificates must chain to (tcp:// endpoints)")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] {
+			return
+		}
+		v := getenv(envName(f.Name))
+		if v == "" {
+			return
+		}
+		if f.Name == "pool" { // a list: comma-separated in the environment
+			for _, p := range strings.Split(v, ",") {
+				if err := f.Value.Set(strings.TrimSpace(p)); err != nil {
+					envErr = errors.Join(envErr, fmt.Errorf("%s: %w", envName(f.Name), err))
+				}
+			}
+			return
+		}
+		if err := f.Value.Set(v); err != nil {
+			envErr = errors.Join(envErr, fmt.Errorf("%s: %w", envName(f.Name), err))
+		}
+	})
+	return c, envErr
+}
+
+// Main runs the cairn command and returns the exit code.
+func Main(args []string) int {
+	c, err := Parse(args, os.Getenv, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cairn:", err)
+		return 2
+	}
+	if c.ShowVersion {
+		fmt.Println("cairn", Version())
+		return 0
+	}
+	log, err := newLogger(c.LogFormat, c.LogLevel, os.Stderr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cairn:", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := Run(ctx, c, log); err != nil {
+		log.Error("cairn stopped", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func newLogger(format, level string, w io.Writer) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: %w", level, err)
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}
+
+// Run serves until ctx is done, then shuts down gracefully: no new calls,
+// in-flight calls get ShutdownTimeout, then the store closes.
+func Run(ctx context.Context, c Config, log *slog.Logger) error {
+	mode, err := driver.ParseMode(c.Mode)
+	if err != nil {
+		return err
+	}
+	ep, err := endpoint.Parse(c.Endpoint)
+	if err != nil {
+		return err
+	}
+	if !filepath.IsAbs(c.DataDir) {
+		return fmt.Errorf("--data-dir %q must be absolute", c.DataDir)
+	}
+	if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
+		return err
+	}
+	pools := c.Pools
+	if len(pools) == 0 {
+		pools = poolFlags{{Name: "default", Type: "dir", Path: filepath.Join(c.DataDir, "pools", "default")}}
+	}
+
+	var st *store.Store
+	if mode != driver.ModeNode {
+		st, err = store.Open(ctx, filepath.Join(c.DataDir, "cairn.db"), 5*time.Second)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if err := st.Close(); err != nil {
+				log.Error("close store", "err", err)
+			} else {
+				log.Info("store closed")
+			}
+		}()
+	}
+	dpools, err := openPools(ctx, pools, log)
+	if err != nil {
+		return err
+	}
+	mounter := mount.NewSafeFormatAndMount(mount.New(""), utilexec.New())
+	d, err := driver.New(driver.Config{
+		Name:                c.DriverName,
+		Version:             Version(),
+		NodeID:              c.NodeID,
+		Mode:                mode,
+		MaxVolumesPerNode:   c.MaxVolumesPerNode,
+		ControllerExpansion: c.ControllerExpansion,
+		Logger:              log,
+		Loop:                kernelLoops{},
+		StateDir:            c.DataDir,
+	}, st, dpools, mounter)
+	if err != nil {
+		return err
+	}
+	log.Info("starting", "version", Version(), "driver", c.DriverName, "node", c.NodeID, "mode", mode, "endpoint", ep.String(), "dataDir", c.DataDir)
+	if err := d.Start(ctx); err != nil {
+		return err
+	}
+
+	var lis net.Listener
+	var sopts []grpc.ServerOption
+	if ep.Network == "unix" {
+		lis, err = endpoint.Listen(ep, endpoint.Options{Group: c.SocketGroup})
+	} else {
+		creds, cerr := endpoint.ServerCredentials(endpoint.TLSFiles{Cert: c.TLSCertFile, Key: c.TLSKeyFile, ClientCA: c.TLSClientCAFile})
+		if cerr != nil {
+			return cerr
+		}
+		sopts = append(sopts, grpc.Creds(creds))
+		lis, err = net.Listen("tcp", ep.Address)
+	}
+	if err != nil {
+		return err
+	}
+	obs, err := startObservability(ctx, c, d, log)
+	if err != nil {
+		lis.Close()
+		return err
+	}
+	srv := driver.NewServer(d, sopts, obs.interceptors...)
+
+	if c.KubeletRegistrationPath != "" {
+		go func() {
+			err := kubeletreg.Serve(ctx, kubeletreg.Config{
+				DriverName:      c.DriverName,
+				Endpoint:        c.KubeletRegistrationPath,
+				RegistrationDir: c.PluginRegistrationDir,
+				Logger:          log,
+			})
+			if err != nil && ctx.Err() == nil {
+				log.Error("kubelet registration stopped", "err", err)
+			}
+		}()
+	}
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(lis) }()
+	log.Info("serving", "endpoint", ep.String())
+
+	select {
+	case err := <-serveErr:
+		obs.shutdown()
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down: refusing new calls, waiting for in-flight ones", "timeout", c.ShutdownTimeout)
+	done := make(chan struct{})
+	go func() { srv.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(c.ShutdownTimeout):
+		log.Warn("in-flight calls did not finish in time; stopping them")
+		srv.Stop()
+	}
+	obs.shutdown()
+	if ep.Network == "unix" {
+		os.Remove(ep.Address)
+	}
+	log.Info("stopped")
+	return nil
+}

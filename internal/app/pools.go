@@ -1,0 +1,129 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+
+	"github.com/cairn-csi/cairn/internal/backend"
+	"github.com/cairn-csi/cairn/internal/backend/dirpool"
+	"github.com/cairn-csi/cairn/internal/driver"
+	"github.com/cairn-csi/cairn/internal/loopdev"
+)
+
+// poolSpec is one --pool name=type:path.
+type poolSpec struct{ Name, Type, Path string }
+
+type poolFlags []poolSpec
+
+var poolNamePattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+func (p *poolFlags) String() string {
+	var parts []string
+	for _, s := range *p {
+		parts = append(parts, s.Name+"="+s.Type+":"+s.Path)
+	}
+	return strings.Join(parts, ",")
+}
+
+// Set parses name=type:path.
+func (p *poolFlags) Set(v string) error {
+	name, rest, ok := strings.Cut(v, "=")
+	typ, path, ok2 := strings.Cut(rest, ":")
+	if !ok || !ok2 {
+		return fmt.Errorf("pool %q: want name=type:path", v)
+	}
+	if !poolNamePattern.MatchString(name) {
+		return fmt.Errorf("pool name %q: want lower-case letters, digits and '-', at most 63", name)
+	}
+	if _, ok := poolTypes[typ]; !ok {
+		return fmt.Errorf("pool %q: unknown type %q (known: %s)", name, typ, strings.Join(PoolTypes(), ", "))
+	}
+	if !filepath.IsAbs(path) {
+		return fmt.Errorf("pool %q: path %q must be absolute", name, path)
+	}
+	for _, s := range *p {
+		if s.Name == name {
+			return fmt.Errorf("pool %q given twice", name)
+		}
+	}
+	*p = append(*p, poolSpec{Name: name, Type: typ, Path: filepath.Clean(path)})
+	return nil
+}
+
+// poolTypes maps each pool type to its constructor.
+var poolTypes = map[string]func(ctx context.Context, path string, log *slog.Logger) (backend.Backend, error){
+	dirpool.Type: func(ctx context.Context, path string, log *slog.Logger) (backend.Backend, error) {
+		return dirpool.New(ctx, path)
+	},
+}
+
+// PoolTypes lists the pool types this build knows.
+func PoolTypes() []string {
+	var out []string
+	for t := range poolTypes {
+		out = append(out, t)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func openPools(ctx context.Context, specs poolFlags, log *slog.Logger) ([]driver.Pool, error) {
+	var out []driver.Pool
+	for _, s := range specs {
+		b, err := poolTypes[s.Type](ctx, s.Path, log.With("pool", s.Name))
+		if err != nil {
+			return nil, fmt.Errorf("pool %s (%s at %s): %w", s.Name, s.Type, s.Path, err)
+		}
+		c, err := b.Capacity(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("pool %s: %w", s.Name, err)
+		}
+		log.Info("pool opened", "pool", s.Name, "type", s.Type, "path", s.Path,
+			"availableBytes", c.AvailableBytes, "capacityEnforced", c.Enforced)
+		if !c.Enforced {
+			log.Warn("pool does not enforce volume sizes: a volume can use more than its capacity", "pool", s.Name, "type", s.Type)
+		}
+		out = append(out, driver.Pool{Name: s.Name, Backend: b})
+	}
+	return out, nil
+}
+
+// kernelLoops is driver.LoopDevices over internal/loopdev.
+type kernelLoops struct{}
+
+func (kernelLoops) Attach(ctx context.Context, file string, readOnly bool) (string, error) {
+	d, err := loopdev.Attach(ctx, file, loopdev.Options{ReadOnly: readOnly, DirectIO: true})
+	return d.Path, err
+}
+
+func (kernelLoops) Find(ctx context.Context, file string) ([]string, error) {
+	devs, err := loopdev.FindByBackingFile(ctx, file)
+	var out []string
+	for _, d := range devs {
+		out = append(out, d.Path)
+	}
+	return out, err
+}
+
+func (kernelLoops) Detach(ctx context.Context, dev string) error { return loopdev.Detach(ctx, dev) }
+func (kernelLoops) Refresh(ctx context.Context, dev string) error {
+	return loopdev.SetCapacity(ctx, dev)
+}
+
+func (kernelLoops) List(ctx context.Context) (map[string]string, error) {
+	devs, err := loopdev.List(ctx)
+	out := map[string]string{}
+	for _, d := range devs {
+		f := d.BackingFile
+		if d.Deleted {
+			f += " (deleted)"
+		}
+		out[d.Path] = f
+	}
+	return out, err
+}

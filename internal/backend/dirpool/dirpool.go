@@ -1,0 +1,184 @@
+// Package dirpool owns the "dir" pool type: each volume is a directory under
+// the pool's path, bind-mounted by the node layer. It needs nothing but a
+// directory, which makes it Cairn's embedded default.
+//
+// Layout under the pool path:
+//
+//	volumes/<id>        a volume's data
+//	volumes/new-<id>    being created
+//	volumes/rm-<id>     being removed
+//	snapshots/<id>      a snapshot's data (read-only copy)
+package dirpool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cairn-csi/cairn/internal/backend"
+	"github.com/cairn-csi/cairn/internal/backend/staging"
+	"github.com/cairn-csi/cairn/internal/errdefs"
+)
+
+// Type is the pool type name.
+const Type = "dir"
+
+// Pool is a dir pool.
+type Pool struct {
+	root      string
+	volumes   staging.Dir
+	snapshots staging.Dir
+}
+
+var _ backend.Backend = (*Pool)(nil)
+
+// New opens the dir pool at root, creating its layout if needed.
+func New(ctx context.Context, root string) (*Pool, error) {
+	if !filepath.IsAbs(root) {
+		return nil, fmt.Errorf("dir pool path %q must be absolute: %w", root, errdefs.ErrInvalidArgument)
+	}
+	p := &Pool{
+		root:      filepath.Clean(root),
+		volumes:   staging.Dir{Path: filepath.Join(root, "volumes"), Remove: staging.RemoveAll},
+		snapshots: staging.Dir{Path: filepath.Join(root, "snapshots"), Remove: staging.RemoveAll},
+	}
+	for _, d := range []string{p.volumes.Path, p.snapshots.Path} {
+		if err := os.MkdirAll(d, 0o711); err != nil {
+			return nil, fmt.Errorf("dir pool %s: %w", root, err)
+		}
+	}
+	return p, nil
+}
+
+// Type implements backend.Backend.
+func (p *Pool) Type() string { return Type }
+
+// Check implements backend.Backend: the volumes directory must be a
+// writable directory.
+func (p *Pool) Check(ctx context.Context) error {
+	st, err := os.Stat(p.volumes.Path)
+	if err != nil {
+		return fmt.Errorf("dir pool %s: %w", p.root, err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("dir pool %s: %s is not a directory", p.root, p.volumes.Path)
+	}
+	if err := unix.Access(p.volumes.Path, unix.W_OK|unix.X_OK); err != nil {
+		return fmt.Errorf("dir pool %s: not writable: %w", p.root, err)
+	}
+	return nil
+}
+
+// Capacity implements backend.Backend from the filesystem's free space.
+func (p *Pool) Capacity(ctx context.Context) (backend.Capacity, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(p.root, &st); err != nil {
+		return backend.Capacity{}, fmt.Errorf("statfs %s: %w", p.root, err)
+	}
+	bs := int64(st.Bsize)
+	avail := int64(st.Bavail) * bs
+	return backend.Capacity{
+		TotalBytes:     int64(st.Blocks) * bs,
+		AvailableBytes: avail,
+		MaxVolumeBytes: avail,
+		Enforced:       false,
+	}, nil
+}
+
+// CreateVolume implements backend.Backend.
+func (p *Pool) CreateVolume(ctx context.Context, id string, spec backend.Spec, commit func(backend.Volume) error) (backend.Volume, error) {
+	if spec.AccessType != backend.AccessMount {
+		return backend.Volume{}, fmt.Errorf("dir pool serves filesystem volumes only, not %s: %w", spec.AccessType, errdefs.ErrInvalidArgument)
+	}
+	v := backend.Volume{ID: id, CapacityBytes: spec.CapacityBytes}
+	err := p.volumes.Create(ctx, id, func(ctx context.Context, tmp string) error {
+		return os.Mkdir(tmp, 0o777) // the workload owns it; fsGroup may chown
+	}, func() error { return commit(v) })
+	if err != nil {
+		return backend.Volume{}, fmt.Errorf("create volume %s: %w", id, err)
+	}
+	return v, nil
+}
+
+// DeleteVolume implements backend.Backend.
+func (p *Pool) DeleteVolume(ctx context.Context, id string, commit func() error) error {
+	if err := p.volumes.Delete(ctx, id, commit); err != nil {
+		return fmt.Errorf("delete volume %s: %w", id, err)
+	}
+	return nil
+}
+
+// Source implements backend.Backend.
+func (p *Pool) Source(ctx context.Context, id string) (backend.Source, error) {
+	path := p.volumes.Entry(id)
+	st, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return backend.Source{}, fmt.Errorf("volume %s in pool %s: %w", id, p.root, errdefs.ErrNotFound)
+	}
+	if err != nil {
+		return backend.Source{}, err
+	}
+	if !st.IsDir() {
+		return backend.Source{}, fmt.Errorf("volume %s: %s is not a directory", id, path)
+	}
+	return backend.Source{Kind: backend.SourceDirectory, Path: path}, nil
+}
+
+// Usage implements backend.Backend. Without quota, a directory's limit is
+// the filesystem's, so the figures are the filesystem's.
+func (p *Pool) Usage(ctx context.Context, id string) (backend.Usage, error) {
+	src, err := p.Source(ctx, id)
+	if err != nil {
+		return backend.Usage{}, err
+	}
+	return StatfsUsage(src.Path)
+}
+
+// ExpandVolume implements backend.Expander. Without enforcement there is no
+// limit to raise: the new size is only recorded by the driver.
+func (p *Pool) ExpandVolume(ctx context.Context, id string, newBytes int64) (int64, error) {
+	if _, err := p.Source(ctx, id); err != nil {
+		return 0, err
+	}
+	return newBytes, nil
+}
+
+// Reconcile implements backend.Backend.
+func (p *Pool) Reconcile(ctx context.Context, inv backend.Inventory) (backend.Report, error) {
+	var rep backend.Report
+	for _, part := range []struct {
+		dir   staging.Dir
+		known map[string]bool
+	}{{p.volumes, inv.Volumes}, {p.snapshots, inv.Snapshots}} {
+		res, err := part.dir.Reconcile(ctx, part.known)
+		if err != nil {
+			return rep, err
+		}
+		rep.Removed = append(rep.Removed, res.Removed...)
+		rep.Missing = append(rep.Missing, res.Missing...)
+		rep.Errors = append(rep.Errors, res.Errors...)
+	}
+	return rep, nil
+}
+
+// StatfsUsage reports the usage of the filesystem holding path.
+func StatfsUsage(path string) (backend.Usage, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return backend.Usage{}, fmt.Errorf("statfs %s: %w", path, err)
+	}
+	bs := int64(st.Bsize)
+	return backend.Usage{
+		TotalBytes:      int64(st.Blocks) * bs,
+		AvailableBytes:  int64(st.Bavail) * bs,
+		UsedBytes:       int64(st.Blocks-st.Bfree) * bs,
+		TotalInodes:     int64(st.Files),
+		AvailableInodes: int64(st.Ffree),
+		UsedInodes:      int64(st.Files - st.Ffree),
+	}, nil
+}

@@ -1,0 +1,882 @@
+package driver
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"regexp"
+	"strconv"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/cairn-csi/cairn/internal/backend"
+	"github.com/cairn-csi/cairn/internal/errdefs"
+	"github.com/cairn-csi/cairn/internal/store"
+)
+
+// StorageClass parameters and volume context keys.
+const (
+	ParamPool        = "pool"
+	ParamFsType      = "csi.storage.k8s.io/fstype"
+	ParamMkfsOptions = "mkfsOptions"
+
+	ctxPool             = "cairn.csi.dev/pool"
+	ctxFsType           = "cairn.csi.dev/fsType"
+	ctxMkfsOptions      = "cairn.csi.dev/mkfsOptions"
+	ctxCapacityEnforced = "cairn.csi.dev/capacityEnforced"
+)
+
+// k8sMetadataParams are added by external-provisioner's --extra-create-metadata.
+var k8sMetadataParams = map[string]bool{
+	"csi.storage.k8s.io/pvc/name":      true,
+	"csi.storage.k8s.io/pvc/namespace": true,
+	"csi.storage.k8s.io/pv/name":       true,
+}
+
+var (
+	volumeIDPattern   = regexp.MustCompile(`^` + store.VolumePrefix + `[0-9a-f]{16}$`)
+	snapshotIDPattern = regexp.MustCompile(`^` + store.SnapshotPrefix + `[0-9a-f]{16}$`)
+)
+
+func volKey(id string) string  { return "vol/" + id }
+func snapKey(id string) string { return "snap/" + id }
+
+// createParams is a validated CreateVolume parameter set.
+type createParams struct {
+	pool        string
+	fsType      string
+	mkfsOptions string
+}
+
+func parseCreateParams(params map[string]string) (createParams, error) {
+	var p createParams
+	if err := checkMap("parameters", params); err != nil {
+		return p, err
+	}
+	for k, v := range params {
+		switch {
+		case k == ParamPool:
+			p.pool = v
+		case k == ParamFsType:
+			p.fsType = v
+		case k == ParamMkfsOptions:
+			p.mkfsOptions = v
+		case k8sMetadataParams[k]:
+		default:
+			return p, invalid("parameters: unknown parameter %q (known: %s, %s, %s)", truncate(k), ParamPool, ParamFsType, ParamMkfsOptions)
+		}
+	}
+	if p.fsType != "" {
+		if err := checkFsType("parameters."+ParamFsType, p.fsType); err != nil {
+			return p, err
+		}
+	}
+	return p, nil
+}
+
+func checkFsType(field, fs string) error {
+	switch fs {
+	case "", "ext4", "xfs", "btrfs":
+		return nil
+	}
+	return invalid("%s %q is not supported (ext4, xfs, btrfs)", field, truncate(fs))
+}
+
+// capacityFor applies capacity_range: the result is within [required,
+// limit], or OUT_OF_RANGE.
+func (d *Driver) capacityFor(r *csi.CapacityRange, min int64) (want, limit int64, err error) {
+	req, lim := r.GetRequiredBytes(), r.GetLimitBytes()
+	if req < 0 || lim < 0 {
+		return 0, 0, invalid("capacity_range must not be negative")
+	}
+	if lim > 0 && req > lim {
+		return 0, 0, fmt.Errorf("capacity_range: required_bytes %d exceeds limit_bytes %d: %w", req, lim, errdefs.ErrOutOfRange)
+	}
+	want = req
+	if want == 0 {
+		want = d.cfg.DefaultCapacity
+		if lim > 0 && lim < want {
+			want = lim
+		}
+	}
+	if want < min {
+		want = min
+	}
+	if lim > 0 && want > lim {
+		return 0, 0, fmt.Errorf("capacity_range: limit_bytes %d is below the %d bytes needed: %w", lim, want, errdefs.ErrOutOfRange)
+	}
+	return want, lim, nil
+}
+
+// accessOf returns the access type all capabilities agree on.
+func accessOf(caps []*csi.VolumeCapability) (backend.AccessType, string, error) {
+	var at backend.AccessType
+	fs := ""
+	for i, c := range caps {
+		this := backend.AccessMount
+		if c.GetBlock() != nil {
+			this = backend.AccessBlock
+		}
+		if i > 0 && this != at {
+			return 0, "", invalid("volume_capabilities mix block and mount access")
+		}
+		at = this
+		if m := c.GetMount(); m != nil && m.GetFsType() != "" {
+			if err := checkFsType(fmt.Sprintf("volume_capabilities[%d].mount.fs_type", i), m.GetFsType()); err != nil {
+				return 0, "", err
+			}
+			fs = m.GetFsType()
+		}
+	}
+	return at, fs, nil
+}
+
+// CreateVolume implements csi.ControllerServer.
+func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
+	resp, err := d.createVolume(ctx, req, false)
+	return resp, toStatus(err)
+}
+
+func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest, ephemeral bool) (*csi.CreateVolumeResponse, error) {
+	if err := requireString("name", req.GetName()); err != nil {
+		return nil, err
+	}
+	if err := checkCapabilities("volume_capabilities", req.GetVolumeCapabilities()); err != nil {
+		return nil, err
+	}
+	params, err := parseCreateParams(req.GetParameters())
+	if err != nil {
+		return nil, err
+	}
+	if err := checkMap("mutable_parameters", req.GetMutableParameters()); err != nil {
+		return nil, err
+	}
+	if len(req.GetMutableParameters()) > 0 {
+		return nil, invalid("mutable_parameters are not supported")
+	}
+	access, fsType, err := accessOf(req.GetVolumeCapabilities())
+	if err != nil {
+		return nil, err
+	}
+	if fsType == "" {
+		fsType = params.fsType
+	}
+	if access == backend.AccessBlock && fsType != "" && params.fsType == "" {
+		return nil, invalid("fs_type %q makes no sense for block access", fsType)
+	}
+	if err := d.checkRequisite(req.GetAccessibilityRequirements()); err != nil {
+		return nil, err
+	}
+
+	unlock, err := d.lock("name/" + req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+
+	src, srcPool, srcSize, unlockSrc, err := d.contentSource(ctx, req.GetVolumeContentSource())
+	if err != nil {
+		return nil, err
+	}
+	defer unlockSrc()
+	if params.pool == "" && srcPool != "" {
+		params.pool = srcPool
+	}
+	poolName, pool, err := d.pool(params.pool)
+	if err != nil {
+		return nil, err
+	}
+	if srcPool != "" && srcPool != poolName {
+		return nil, invalid("volume_content_source is in pool %q; a volume made from it must be in the same pool, not %q", srcPool, poolName)
+	}
+	if r := req.GetCapacityRange().GetRequiredBytes(); r > 0 && r < srcSize {
+		return nil, fmt.Errorf("capacity_range.required_bytes %d is smaller than the source's %d bytes: %w", r, srcSize, errdefs.ErrOutOfRange)
+	}
+	want, limit, err := d.capacityFor(req.GetCapacityRange(), srcSize)
+	if err != nil {
+		return nil, err
+	}
+
+	// Idempotency: the same name returns the same volume if compatible.
+	var existing *store.Volume
+	err = d.store.View(ctx, func(tx *store.Tx) error {
+		v, err := tx.VolumeByName(req.GetName())
+		if err == nil {
+			existing = &v
+			return nil
+		}
+		if errdefs.Is(err, errdefs.ErrNotFound) {
+			return nil
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if existing != nil {
+		if err := compatible(*existing, poolName, access, req, src); err != nil {
+			return nil, err
+		}
+		return &csi.CreateVolumeResponse{Volume: d.csiVolume(ctx, *existing)}, nil
+	}
+
+	capy, err := pool.Capacity(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("pool %s: %w", poolName, err)
+	}
+	if want > capy.MaxVolumeBytes {
+		return nil, fmt.Errorf("pool %s has room for %d bytes, %d requested: %w", poolName, capy.MaxVolumeBytes, want, errdefs.ErrResourceExhausted)
+	}
+
+	var id string
+	if err := d.store.View(ctx, func(tx *store.Tx) (err error) { id, err = tx.NewID(store.VolumePrefix); return }); err != nil {
+		return nil, err
+	}
+	rec := store.Volume{
+		ID: id, Name: req.GetName(), Pool: poolName, AccessType: access.String(),
+		FsType: fsType, MkfsOptions: params.mkfsOptions, Parameters: req.GetParameters(),
+		SourceSnapshotID: src.SnapshotID, SourceVolumeID: src.VolumeID,
+		Ephemeral: ephemeral, CreatedAt: time.Now().UTC(),
+	}
+	spec := backend.Spec{CapacityBytes: want, LimitBytes: limit, AccessType: access}
+	commit := func(v backend.Volume) error {
+		rec.CapacityBytes = v.CapacityBytes
+		return d.store.Update(ctx, func(tx *store.Tx) error { return tx.PutVolume(rec) })
+	}
+	if src != (backend.ContentSource{}) {
+		cc, ok := pool.(backend.ContentCreator)
+		if !ok {
+			return nil, fmt.Errorf("pool %s (%s) cannot create volumes from content: %w", poolName, pool.Type(), errdefs.ErrInvalidArgument)
+		}
+		_, err = cc.CreateVolumeFrom(ctx, id, spec, src, commit)
+	} else {
+		_, err = pool.CreateVolume(ctx, id, spec, commit)
+	}
+	if err != nil {
+		return nil, err
+	}
+	d.log.Info("volume created", "volume", id, "name", req.GetName(), "pool", poolName, "bytes", rec.CapacityBytes)
+	return &csi.CreateVolumeResponse{Volume: d.csiVolume(ctx, rec)}, nil
+}
+
+// compatible decides whether an existing volume satisfies a repeated
+// CreateVolume, or the name is taken by something else (ALREADY_EXISTS).
+func compatible(v store.Volume, pool string, access backend.AccessType, req *csi.CreateVolumeRequest, src backend.ContentSource) error {
+	r := req.GetCapacityRange()
+	why := ""
+	switch {
+	case v.Pool != pool:
+		why = fmt.Sprintf("it is in pool %q", v.Pool)
+	case v.AccessType != access.String():
+		why = fmt.Sprintf("it has %s access", v.AccessType)
+	case r.GetRequiredBytes() > v.CapacityBytes:
+		why = fmt.Sprintf("it has %d bytes, fewer than the %d required", v.CapacityBytes, r.GetRequiredBytes())
+	case r.GetLimitBytes() > 0 && r.GetLimitBytes() < v.CapacityBytes:
+		why = fmt.Sprintf("it has %d bytes, more than the limit of %d", v.CapacityBytes, r.GetLimitBytes())
+	case v.SourceSnapshotID != src.SnapshotID || v.SourceVolumeID != src.VolumeID:
+		why = "it was made from different content"
+	case !maps.Equal(v.Parameters, req.GetParameters()) && !(len(v.Parameters) == 0 && len(req.GetParameters()) == 0):
+		why = "it was made with other parameters"
+	}
+	if why != "" {
+		return fmt.Errorf("volume %q exists as %s but %s: %w", v.Name, v.ID, why, errdefs.ErrAlreadyExists)
+	}
+	return nil
+}
+
+// contentSource resolves and locks a volume_content_source. It returns the
+// source, its pool and size, and the unlock function (a no-op when none).
+func (d *Driver) contentSource(ctx context.Context, cs *csi.VolumeContentSource) (backend.ContentSource, string, int64, func(), error) {
+	none := func() {}
+	if cs == nil {
+		return backend.ContentSource{}, "", 0, none, nil
+	}
+	var src backend.ContentSource
+	var key string
+	switch t := cs.GetType().(type) {
+	case *csi.VolumeContentSource_Snapshot:
+		id := t.Snapshot.GetSnapshotId()
+		if err := requireID("volume_content_source.snapshot.snapshot_id", id); err != nil {
+			return src, "", 0, none, err
+		}
+		src.SnapshotID, key = id, snapKey(id)
+	case *csi.VolumeContentSource_Volume:
+		id := t.Volume.GetVolumeId()
+		if err := requireID("volume_content_source.volume.volume_id", id); err != nil {
+			return src, "", 0, none, err
+		}
+		src.VolumeID, key = id, volKey(id)
+	default:
+		return src, "", 0, none, invalid("volume_content_source has no type")
+	}
+	unlock, err := d.lock(key)
+	if err != nil {
+		return src, "", 0, none, err
+	}
+	var pool string
+	var size int64
+	err = d.store.View(ctx, func(tx *store.Tx) error {
+		if src.SnapshotID != "" {
+			s, err := tx.Snapshot(src.SnapshotID)
+			pool, size = s.Pool, s.SizeBytes
+			return err
+		}
+		v, err := tx.Volume(src.VolumeID)
+		pool, size = v.Pool, v.CapacityBytes
+		return err
+	})
+	if err != nil {
+		unlock()
+		return src, "", 0, none, fmt.Errorf("volume_content_source: %w", err)
+	}
+	return src, pool, size, unlock, nil
+}
+
+// checkRequisite refuses requirements that exclude this node.
+func (d *Driver) checkRequisite(ar *csi.TopologyRequirement) error {
+	if ar == nil || len(ar.GetRequisite()) == 0 {
+		return nil
+	}
+	for _, t := range ar.GetRequisite() {
+		if d.topologyMatches(t) {
+			return nil
+		}
+	}
+	return fmt.Errorf("accessibility_requirements exclude node %q: %w", d.cfg.NodeID, errdefs.ErrResourceExhausted)
+}
+
+func (d *Driver) topologyMatches(t *csi.Topology) bool {
+	v, ok := t.GetSegments()[TopologyKey]
+	return !ok || v == d.cfg.NodeID
+}
+
+// csiVolume turns a record into the CSI message.
+func (d *Driver) csiVolume(ctx context.Context, v store.Volume) *csi.Volume {
+	vc := map[string]string{ctxPool: v.Pool}
+	if v.FsType != "" {
+		vc[ctxFsType] = v.FsType
+	}
+	if v.MkfsOptions != "" {
+		vc[ctxMkfsOptions] = v.MkfsOptions
+	}
+	if b, ok := d.pools[v.Pool]; ok {
+		if c, err := b.Capacity(ctx); err == nil {
+			vc[ctxCapacityEnforced] = strconv.FormatBool(c.Enforced)
+		}
+	}
+	out := &csi.Volume{
+		VolumeId:           v.ID,
+		CapacityBytes:      v.CapacityBytes,
+		VolumeContext:      vc,
+		AccessibleTopology: []*csi.Topology{d.topology()},
+	}
+	switch {
+	case v.SourceSnapshotID != "":
+		out.ContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
+			Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: v.SourceSnapshotID}}}
+	case v.SourceVolumeID != "":
+		out.ContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
+			Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: v.SourceVolumeID}}}
+	}
+	return out
+}
+
+// DeleteVolume implements csi.ControllerServer.
+func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
+	return &csi.DeleteVolumeResponse{}, toStatus(d.deleteVolume(ctx, req.GetVolumeId()))
+}
+
+func (d *Driver) deleteVolume(ctx context.Context, id string) error {
+	if err := requireID("volume_id", id); err != nil {
+		return err
+	}
+	unlock, err := d.lock(volKey(id))
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	v, err := d.volumeRecord(ctx, id)
+	if errdefs.Is(err, errdefs.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	pool, ok := d.pools[v.Pool]
+	if !ok {
+		return fmt.Errorf("volume %s is in pool %q, which is not configured: %w", id, v.Pool, errdefs.ErrFailedPrecondition)
+	}
+	if src, err := pool.Source(ctx, id); err == nil {
+		if mps, err := d.mountsOf(ctx, src); err == nil && len(mps) > 0 {
+			return fmt.Errorf("volume %s is still mounted at %v: %w", id, mps, errdefs.ErrFailedPrecondition)
+		}
+	}
+	err = pool.DeleteVolume(ctx, id, func() error {
+		return d.store.Update(ctx, func(tx *store.Tx) error { return tx.DeleteVolume(id) })
+	})
+	if err != nil {
+		return err
+	}
+	d.log.Info("volume deleted", "volume", id, "name", v.Name, "pool", v.Pool)
+	return nil
+}
+
+func (d *Driver) volumeRecord(ctx context.Context, id string) (store.Volume, error) {
+	var v store.Volume
+	err := d.store.View(ctx, func(tx *store.Tx) (err error) { v, err = tx.Volume(id); return })
+	return v, err
+}
+
+// ValidateVolumeCapabilities implements csi.ControllerServer.
+func (d *Driver) ValidateVolumeCapabilities(ctx context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
+	if err := requireID("volume_id", req.GetVolumeId()); err != nil {
+		return nil, toStatus(err)
+	}
+	if len(req.GetVolumeCapabilities()) == 0 {
+		return nil, toStatus(invalid("volume_capabilities is required"))
+	}
+	if err := checkMap("volume_context", req.GetVolumeContext()); err != nil {
+		return nil, toStatus(err)
+	}
+	if err := checkMap("parameters", req.GetParameters()); err != nil {
+		return nil, toStatus(err)
+	}
+	v, err := d.volumeRecord(ctx, req.GetVolumeId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if err := checkCapabilities("volume_capabilities", req.GetVolumeCapabilities()); err != nil {
+		return &csi.ValidateVolumeCapabilitiesResponse{Message: err.Error()}, nil
+	}
+	access, _, err := accessOf(req.GetVolumeCapabilities())
+	if err != nil || access.String() != v.AccessType {
+		return &csi.ValidateVolumeCapabilitiesResponse{Message: fmt.Sprintf("volume %s has %s access", v.ID, v.AccessType)}, nil
+	}
+	return &csi.ValidateVolumeCapabilitiesResponse{Confirmed: &csi.ValidateVolumeCapabilitiesResponse_Confirmed{
+		VolumeContext:      req.GetVolumeContext(),
+		VolumeCapabilities: req.GetVolumeCapabilities(),
+		Parameters:         req.GetParameters(),
+		MutableParameters:  req.GetMutableParameters(),
+	}}, nil
+}
+
+// ListVolumes implements csi.ControllerServer. The token is the ID to
+// resume at; a token that is not a volume ID gives ABORTED, as the spec asks.
+func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
+	if req.GetMaxEntries() < 0 {
+		return nil, toStatus(invalid("max_entries must not be negative"))
+	}
+	if t := req.GetStartingToken(); t != "" && !volumeIDPattern.MatchString(t) {
+		return nil, toStatus(fmt.Errorf("starting_token %q is not one this driver issued: %w", truncate(t), errdefs.ErrAborted))
+	}
+	var vols []store.Volume
+	var next string
+	err := d.store.View(ctx, func(tx *store.Tx) (err error) {
+		vols, next, err = tx.Volumes(req.GetStartingToken(), int(req.GetMaxEntries()))
+		return
+	})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	resp := &csi.ListVolumesResponse{NextToken: next}
+	for _, v := range vols {
+		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{
+			Volume: d.csiVolume(ctx, v),
+			Status: &csi.ListVolumesResponse_VolumeStatus{PublishedNodeIds: d.publishedNodes(ctx, v)},
+		})
+	}
+	return resp, nil
+}
+
+// publishedNodes reports where a volume is published: this node, if any
+// mount of it exists here.
+func (d *Driver) publishedNodes(ctx context.Context, v store.Volume) []string {
+	pool, ok := d.pools[v.Pool]
+	if !ok {
+		return nil
+	}
+	src, err := pool.Source(ctx, v.ID)
+	if err != nil {
+		return nil
+	}
+	if mps, err := d.mountsOf(ctx, src); err == nil && len(mps) > 0 {
+		return []string{d.cfg.NodeID}
+	}
+	return nil
+}
+
+// ControllerGetVolume implements csi.ControllerServer.
+func (d *Driver) ControllerGetVolume(ctx context.Context, req *csi.ControllerGetVolumeRequest) (*csi.ControllerGetVolumeResponse, error) {
+	if err := requireID("volume_id", req.GetVolumeId()); err != nil {
+		return nil, toStatus(err)
+	}
+	v, err := d.volumeRecord(ctx, req.GetVolumeId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &csi.ControllerGetVolumeResponse{
+		Volume: d.csiVolume(ctx, v),
+		Status: &csi.ControllerGetVolumeResponse_VolumeStatus{PublishedNodeIds: d.publishedNodes(ctx, v)},
+	}, nil
+}
+
+// GetCapacity implements csi.ControllerServer, per pool (parameter pool)
+// and topology segment (only this node's segment has capacity).
+func (d *Driver) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
+	params, err := parseCreateParams(req.GetParameters())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	for i, c := range req.GetVolumeCapabilities() {
+		if err := checkCapability(fmt.Sprintf("volume_capabilities[%d]", i), c); err != nil {
+			return nil, toStatus(err)
+		}
+	}
+	name, pool, err := d.pool(params.pool)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if t := req.GetAccessibleTopology(); t != nil && !d.topologyMatches(t) {
+		return &csi.GetCapacityResponse{AvailableCapacity: 0, MaximumVolumeSize: wrapperspb.Int64(0)}, nil
+	}
+	if at, _, err := accessOf(req.GetVolumeCapabilities()); err == nil && len(req.GetVolumeCapabilities()) > 0 && at == backend.AccessBlock {
+		if !supportsBlock(pool) {
+			return &csi.GetCapacityResponse{AvailableCapacity: 0, MaximumVolumeSize: wrapperspb.Int64(0)}, nil
+		}
+	}
+	c, err := pool.Capacity(ctx)
+	if err != nil {
+		return nil, toStatus(fmt.Errorf("pool %s: %w", name, err))
+	}
+	return &csi.GetCapacityResponse{
+		AvailableCapacity: c.AvailableBytes,
+		MaximumVolumeSize: wrapperspb.Int64(c.MaxVolumeBytes),
+	}, nil
+}
+
+// BlockCapable is implemented by pools that serve raw block volumes.
+type blockCapable interface{ SupportsBlock() bool }
+
+func supportsBlock(b backend.Backend) bool {
+	bc, ok := b.(blockCapable)
+	return ok && bc.SupportsBlock()
+}
+
+// ControllerGetCapabilities implements csi.ControllerServer.
+func (d *Driver) ControllerGetCapabilities(ctx context.Context, _ *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
+	rpcs := []csi.ControllerServiceCapability_RPC_Type{
+		csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
+		csi.ControllerServiceCapability_RPC_LIST_VOLUMES,
+		csi.ControllerServiceCapability_RPC_LIST_VOLUMES_PUBLISHED_NODES,
+		csi.ControllerServiceCapability_RPC_GET_VOLUME,
+		csi.ControllerServiceCapability_RPC_GET_VOLUME_HEALTH,
+		csi.ControllerServiceCapability_RPC_LIST_VOLUME_HEALTH,
+		csi.ControllerServiceCapability_RPC_GET_CAPACITY,
+		csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+	}
+	if d.anyPool(func(b backend.Backend) bool { _, ok := b.(backend.Snapshotter); return ok }) {
+		rpcs = append(rpcs,
+			csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
+			csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
+			csi.ControllerServiceCapability_RPC_GET_SNAPSHOT)
+	}
+	if d.anyPool(func(b backend.Backend) bool { _, ok := b.(backend.ContentCreator); return ok }) {
+		rpcs = append(rpcs, csi.ControllerServiceCapability_RPC_CLONE_VOLUME)
+	}
+	if d.cfg.ControllerExpansion && d.anyPool(func(b backend.Backend) bool { _, ok := b.(backend.Expander); return ok }) {
+		rpcs = append(rpcs, csi.ControllerServiceCapability_RPC_EXPAND_VOLUME)
+	}
+	resp := &csi.ControllerGetCapabilitiesResponse{}
+	for _, r := range rpcs {
+		resp.Capabilities = append(resp.Capabilities, &csi.ControllerServiceCapability{
+			Type: &csi.ControllerServiceCapability_Rpc{Rpc: &csi.ControllerServiceCapability_RPC{Type: r}}})
+	}
+	return resp, nil
+}
+
+// ControllerExpandVolume implements csi.ControllerServer.
+func (d *Driver) ControllerExpandVolume(ctx context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
+	if !d.cfg.ControllerExpansion {
+		return nil, toStatus(fmt.Errorf("controller expansion is off (--controller-expansion=false); NodeExpandVolume expands: %w", errdefs.ErrNotSupported))
+	}
+	if err := requireID("volume_id", req.GetVolumeId()); err != nil {
+		return nil, toStatus(err)
+	}
+	if req.GetCapacityRange() == nil {
+		return nil, toStatus(invalid("capacity_range is required"))
+	}
+	if err := checkCapability("volume_capability", req.GetVolumeCapability()); req.GetVolumeCapability() != nil && err != nil {
+		return nil, toStatus(err)
+	}
+	unlock, err := d.lock(volKey(req.GetVolumeId()))
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	defer unlock()
+	v, size, err := d.expand(ctx, req.GetVolumeId(), req.GetCapacityRange())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	// A filesystem inside an image must be grown where it is mounted.
+	nodeNeeded := v.AccessType == backend.AccessMount.String() && d.needsNodeExpansion(v)
+	return &csi.ControllerExpandVolumeResponse{CapacityBytes: size, NodeExpansionRequired: nodeNeeded}, nil
+}
+
+// expand grows a volume's backing storage and records the new size. The
+// caller holds the volume's lock.
+func (d *Driver) expand(ctx context.Context, id string, r *csi.CapacityRange) (store.Volume, int64, error) {
+	v, err := d.volumeRecord(ctx, id)
+	if err != nil {
+		return v, 0, err
+	}
+	want, lim := r.GetRequiredBytes(), r.GetLimitBytes()
+	if want < 0 || lim < 0 {
+		return v, 0, invalid("capacity_range must not be negative")
+	}
+	if lim > 0 && lim < v.CapacityBytes {
+		return v, 0, fmt.Errorf("capacity_range: limit_bytes %d is below the current %d bytes; volumes do not shrink: %w", lim, v.CapacityBytes, errdefs.ErrOutOfRange)
+	}
+	if want <= v.CapacityBytes {
+		return v, v.CapacityBytes, nil
+	}
+	pool, ok := d.pools[v.Pool]
+	if !ok {
+		return v, 0, fmt.Errorf("pool %q is not configured: %w", v.Pool, errdefs.ErrFailedPrecondition)
+	}
+	ex, ok := pool.(backend.Expander)
+	if !ok {
+		return v, 0, fmt.Errorf("pool %s (%s) cannot expand volumes: %w", v.Pool, pool.Type(), errdefs.ErrNotSupported)
+	}
+	if c, err := pool.Capacity(ctx); err == nil && want-v.CapacityBytes > c.AvailableBytes {
+		return v, 0, fmt.Errorf("pool %s has %d bytes free, %d more requested: %w", v.Pool, c.AvailableBytes, want-v.CapacityBytes, errdefs.ErrResourceExhausted)
+	}
+	got, err := ex.ExpandVolume(ctx, id, want)
+	if err != nil {
+		return v, 0, err
+	}
+	if lim > 0 && got > lim {
+		return v, 0, fmt.Errorf("pool rounded the size to %d, above limit_bytes %d: %w", got, lim, errdefs.ErrOutOfRange)
+	}
+	err = d.store.Update(ctx, func(tx *store.Tx) error {
+		cur, err := tx.Volume(id)
+		if err != nil {
+			return err
+		}
+		cur.CapacityBytes = got
+		v = cur
+		return tx.PutVolume(cur)
+	})
+	if err != nil {
+		return v, 0, err
+	}
+	d.log.Info("volume expanded", "volume", id, "bytes", got)
+	return v, got, nil
+}
+
+func (d *Driver) needsNodeExpansion(v store.Volume) bool {
+	pool, ok := d.pools[v.Pool]
+	if !ok {
+		return false
+	}
+	src, err := pool.Source(context.Background(), v.ID)
+	return err == nil && src.Kind != backend.SourceDirectory
+}
+
+// CreateSnapshot implements csi.ControllerServer.
+func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
+	resp, err := d.createSnapshot(ctx, req)
+	return resp, toStatus(err)
+}
+
+func (d *Driver) createSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
+	if err := requireString("name", req.GetName()); err != nil {
+		return nil, err
+	}
+	if err := requireID("source_volume_id", req.GetSourceVolumeId()); err != nil {
+		return nil, err
+	}
+	if err := checkMap("parameters", req.GetParameters()); err != nil {
+		return nil, err
+	}
+	for k := range req.GetParameters() {
+		return nil, invalid("parameters: unknown parameter %q (snapshots take none)", truncate(k))
+	}
+	unlock, err := d.lock("snapname/"+req.GetName(), volKey(req.GetSourceVolumeId()))
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+
+	var existing *store.Snapshot
+	var vol store.Volume
+	err = d.store.View(ctx, func(tx *store.Tx) error {
+		s, err := tx.SnapshotByName(req.GetName())
+		if err == nil {
+			existing = &s
+		} else if !errdefs.Is(err, errdefs.ErrNotFound) {
+			return err
+		}
+		vol, err = tx.Volume(req.GetSourceVolumeId())
+		return err
+	})
+	if existing != nil {
+		if existing.SourceVolumeID != req.GetSourceVolumeId() {
+			return nil, fmt.Errorf("snapshot %q exists as %s of volume %s: %w", req.GetName(), existing.ID, existing.SourceVolumeID, errdefs.ErrAlreadyExists)
+		}
+		return &csi.CreateSnapshotResponse{Snapshot: csiSnapshot(*existing)}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("source_volume_id: %w", err)
+	}
+	pool, ok := d.pools[vol.Pool]
+	if !ok {
+		return nil, fmt.Errorf("pool %q is not configured: %w", vol.Pool, errdefs.ErrFailedPrecondition)
+	}
+	sn, ok := pool.(backend.Snapshotter)
+	if !ok {
+		return nil, fmt.Errorf("pool %s (%s) cannot snapshot: %w", vol.Pool, pool.Type(), errdefs.ErrInvalidArgument)
+	}
+	var id string
+	if err := d.store.View(ctx, func(tx *store.Tx) (err error) { id, err = tx.NewID(store.SnapshotPrefix); return }); err != nil {
+		return nil, err
+	}
+	rec := store.Snapshot{ID: id, Name: req.GetName(), SourceVolumeID: vol.ID, Pool: vol.Pool}
+	thaw, err := d.freezeForSnapshot(ctx, vol)
+	if err != nil {
+		return nil, err
+	}
+	_, err = sn.CreateSnapshot(ctx, id, vol.ID, func(s backend.Snapshot) error {
+		rec.SizeBytes = s.SizeBytes
+		if rec.SizeBytes == 0 {
+			rec.SizeBytes = vol.CapacityBytes
+		}
+		rec.CreatedAt = s.CreatedAt.UTC()
+		if rec.CreatedAt.IsZero() {
+			rec.CreatedAt = time.Now().UTC()
+		}
+		return d.store.Update(ctx, func(tx *store.Tx) error { return tx.PutSnapshot(rec) })
+	})
+	if thawErr := thaw(); thawErr != nil {
+		d.log.Error("thaw after snapshot", "volume", vol.ID, "err", thawErr)
+	}
+	if err != nil {
+		return nil, err
+	}
+	d.log.Info("snapshot created", "snapshot", id, "name", req.GetName(), "volume", vol.ID, "bytes", rec.SizeBytes)
+	return &csi.CreateSnapshotResponse{Snapshot: csiSnapshot(rec)}, nil
+}
+
+func csiSnapshot(s store.Snapshot) *csi.Snapshot {
+	return &csi.Snapshot{
+		SnapshotId:     s.ID,
+		SourceVolumeId: s.SourceVolumeID,
+		SizeBytes:      s.SizeBytes,
+		CreationTime:   timestamppb.New(s.CreatedAt),
+		ReadyToUse:     true,
+	}
+}
+
+// DeleteSnapshot implements csi.ControllerServer.
+func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
+	return &csi.DeleteSnapshotResponse{}, toStatus(d.deleteSnapshot(ctx, req.GetSnapshotId()))
+}
+
+func (d *Driver) deleteSnapshot(ctx context.Context, id string) error {
+	if err := requireID("snapshot_id", id); err != nil {
+		return err
+	}
+	unlock, err := d.lock(snapKey(id))
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	var s store.Snapshot
+	err = d.store.View(ctx, func(tx *store.Tx) (err error) { s, err = tx.Snapshot(id); return })
+	if errdefs.Is(err, errdefs.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	pool, ok := d.pools[s.Pool]
+	if !ok {
+		return fmt.Errorf("pool %q is not configured: %w", s.Pool, errdefs.ErrFailedPrecondition)
+	}
+	sd, ok := pool.(backend.SnapshotDeleter)
+	if !ok {
+		return fmt.Errorf("pool %s cannot delete snapshots: %w", s.Pool, errdefs.ErrFailedPrecondition)
+	}
+	err = sd.DeleteSnapshot(ctx, id, func() error {
+		return d.store.Update(ctx, func(tx *store.Tx) error { return tx.DeleteSnapshot(id) })
+	})
+	if err != nil {
+		return err
+	}
+	d.log.Info("snapshot deleted", "snapshot", id, "name", s.Name)
+	return nil
+}
+
+// ListSnapshots implements csi.ControllerServer.
+func (d *Driver) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
+	if req.GetMaxEntries() < 0 {
+		return nil, toStatus(invalid("max_entries must not be negative"))
+	}
+	if t := req.GetStartingToken(); t != "" && !snapshotIDPattern.MatchString(t) {
+		return nil, toStatus(fmt.Errorf("starting_token %q is not one this driver issued: %w", truncate(t), errdefs.ErrAborted))
+	}
+	resp := &csi.ListSnapshotsResponse{}
+	err := d.store.View(ctx, func(tx *store.Tx) error {
+		if id := req.GetSnapshotId(); id != "" {
+			s, err := tx.Snapshot(id)
+			if errdefs.Is(err, errdefs.ErrNotFound) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			if vid := req.GetSourceVolumeId(); vid == "" || vid == s.SourceVolumeID {
+				resp.Entries = append(resp.Entries, &csi.ListSnapshotsResponse_Entry{Snapshot: csiSnapshot(s)})
+			}
+			return nil
+		}
+		// Filtered pages are cut after filtering, so the token stays an ID.
+		from, max := req.GetStartingToken(), int(req.GetMaxEntries())
+		for {
+			snaps, next, err := tx.Snapshots(from, 64)
+			if err != nil {
+				return err
+			}
+			for _, s := range snaps {
+				if vid := req.GetSourceVolumeId(); vid != "" && vid != s.SourceVolumeID {
+					continue
+				}
+				if max > 0 && len(resp.Entries) == max {
+					resp.NextToken = s.ID
+					return nil
+				}
+				resp.Entries = append(resp.Entries, &csi.ListSnapshotsResponse_Entry{Snapshot: csiSnapshot(s)})
+			}
+			if next == "" {
+				return nil
+			}
+			from = next
+		}
+	})
+	return resp, toStatus(err)
+}
+
+// GetSnapshot implements csi.ControllerServer.
+func (d *Driver) GetSnapshot(ctx context.Context, req *csi.GetSnapshotRequest) (*csi.GetSnapshotResponse, error) {
+	if err := requireID("snapshot_id", req.GetSnapshotId()); err != nil {
+		return nil, toStatus(err)
+	}
+	var s store.Snapshot
+	err := d.store.View(ctx, func(tx *store.Tx) (err error) { s, err = tx.Snapshot(req.GetSnapshotId()); return })
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &csi.GetSnapshotResponse{Snapshot: csiSnapshot(s)}, nil
+}

@@ -1,0 +1,233 @@
+// Package driver owns Cairn's CSI gRPC services: Identity, Controller and
+// Node. It validates requests, takes per-volume locks, runs the metadata
+// transactions and the node's mount work, and is the only package that
+// knows gRPC codes: errors from below arrive classed (internal/errdefs) and
+// become codes in toStatus.
+package driver
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync/atomic"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	mount "k8s.io/mount-utils"
+
+	"github.com/cairn-csi/cairn/internal/backend"
+	"github.com/cairn-csi/cairn/internal/errdefs"
+	"github.com/cairn-csi/cairn/internal/keylock"
+	"github.com/cairn-csi/cairn/internal/store"
+)
+
+// TopologyKey is the topology segment key: volumes are reachable only on
+// the node that holds them.
+const TopologyKey = "topology.cairn.csi.dev/node"
+
+// Mode is which services a driver serves.
+type Mode string
+
+// Modes.
+const (
+	ModeAll        Mode = "all"
+	ModeController Mode = "controller"
+	ModeNode       Mode = "node"
+)
+
+// ParseMode parses a --mode value.
+func ParseMode(s string) (Mode, error) {
+	switch m := Mode(s); m {
+	case ModeAll, ModeController, ModeNode:
+		return m, nil
+	}
+	return "", fmt.Errorf("mode %q: want all, controller or node: %w", s, errdefs.ErrInvalidArgument)
+}
+
+func (m Mode) controller() bool { return m == ModeAll || m == ModeController }
+func (m Mode) node() bool       { return m == ModeAll || m == ModeNode }
+
+// Config is a driver's identity and policy.
+type Config struct {
+	Name                string // CSI driver name, e.g. cairn.csi.dev
+	Version             string
+	NodeID              string
+	Mode                Mode
+	MaxVolumesPerNode   int64
+	ControllerExpansion bool  // advertise controller EXPAND_VOLUME
+	DefaultCapacity     int64 // bytes, when a request names none
+	Logger              *slog.Logger
+	Loop                LoopDevices // nil when no pool serves image files
+	StateDir            string      // the driver's own files (ephemeral staging), under the data dir
+}
+
+// Pool is a named backend.
+type Pool struct {
+	Name    string
+	Backend backend.Backend
+}
+
+// Driver implements the CSI services.
+type Driver struct {
+	csi.UnimplementedIdentityServer
+	csi.UnimplementedControllerServer
+	csi.UnimplementedNodeServer
+
+	cfg       Config
+	log       *slog.Logger
+	store     *store.Store // nil in node mode: the node derives its state from the mount table
+	pools     map[string]backend.Backend
+	poolOrder []string
+	mounter   *mount.SafeFormatAndMount
+	locks     keylock.Locks
+	ready     atomic.Bool
+}
+
+// New makes a driver. st may be nil only in node mode.
+func New(cfg Config, st *store.Store, pools []Pool, mounter *mount.SafeFormatAndMount) (*Driver, error) {
+	if err := requireString("driver name", cfg.Name); err != nil {
+		return nil, err
+	}
+	if cfg.NodeID == "" || len(cfg.NodeID) > maxNodeIDBytes {
+		return nil, invalid("node ID must be 1 to %d bytes", maxNodeIDBytes)
+	}
+	if cfg.Mode == "" {
+		cfg.Mode = ModeAll
+	}
+	if cfg.Mode.controller() && st == nil {
+		return nil, fmt.Errorf("mode %s needs a metadata store: %w", cfg.Mode, errdefs.ErrInvalidArgument)
+	}
+	if len(pools) == 0 {
+		return nil, invalid("at least one pool is required")
+	}
+	if cfg.DefaultCapacity <= 0 {
+		cfg.DefaultCapacity = 1 << 30
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	d := &Driver{cfg: cfg, log: cfg.Logger, store: st, pools: map[string]backend.Backend{}, mounter: mounter}
+	for _, p := range pools {
+		if err := requireID("pool name", p.Name); err != nil {
+			return nil, err
+		}
+		if _, dup := d.pools[p.Name]; dup {
+			return nil, invalid("pool %q is configured twice", p.Name)
+		}
+		d.pools[p.Name] = p.Backend
+		d.poolOrder = append(d.poolOrder, p.Name)
+	}
+	return d, nil
+}
+
+// pool returns the named pool, or the default one when name is empty: the
+// pool called "default" if there is one, else the first configured.
+func (d *Driver) pool(name string) (string, backend.Backend, error) {
+	if name == "" {
+		if _, ok := d.pools["default"]; ok {
+			name = "default"
+		} else {
+			name = d.poolOrder[0]
+		}
+	}
+	b, ok := d.pools[name]
+	if !ok {
+		names := append([]string(nil), d.poolOrder...)
+		sort.Strings(names)
+		return "", nil, invalid("parameter pool: unknown pool %q (configured: %v)", name, names)
+	}
+	return name, b, nil
+}
+
+// Start reconciles every pool against the store (controller side) and
+// marks the driver ready. It must run before serving.
+func (d *Driver) Start(ctx context.Context) error {
+	if d.cfg.Mode.controller() {
+		if err := d.reconcileStore(ctx); err != nil {
+			return err
+		}
+	}
+	if d.cfg.Mode.node() {
+		d.reconcileNode(ctx)
+	}
+	d.ready.Store(true)
+	return nil
+}
+
+// reconcileStore makes each pool's disk agree with the store: leftovers of
+// interrupted creates and deletes, and entries the store does not know, are
+// removed; records with nothing on disk are reported, never silently dropped.
+func (d *Driver) reconcileStore(ctx context.Context) error {
+	inv := map[string]backend.Inventory{}
+	for _, name := range d.poolOrder {
+		inv[name] = backend.Inventory{Volumes: map[string]bool{}, Snapshots: map[string]bool{}}
+	}
+	var orphanRecords []string
+	err := d.store.View(ctx, func(tx *store.Tx) error {
+		vols, _, err := tx.Volumes("", 0)
+		if err != nil {
+			return err
+		}
+		for _, v := range vols {
+			if i, ok := inv[v.Pool]; ok {
+				i.Volumes[v.ID] = true
+			} else {
+				orphanRecords = append(orphanRecords, v.ID)
+			}
+		}
+		snaps, _, err := tx.Snapshots("", 0)
+		if err != nil {
+			return err
+		}
+		for _, s := range snaps {
+			if i, ok := inv[s.Pool]; ok {
+				i.Snapshots[s.ID] = true
+			} else {
+				orphanRecords = append(orphanRecords, s.ID)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("reconcile: read store: %w", err)
+	}
+	if len(orphanRecords) > 0 {
+		// A pool was removed from the configuration: keep the records, so
+		// that re-adding the pool brings the volumes back.
+		d.log.Warn("reconcile: records in pools that are not configured", "ids", orphanRecords)
+	}
+	for _, name := range d.poolOrder {
+		rep, err := d.pools[name].Reconcile(ctx, inv[name])
+		if err != nil {
+			return fmt.Errorf("reconcile pool %s: %w", name, err)
+		}
+		d.log.Info("reconcile", "pool", name, "volumes", len(inv[name].Volumes), "snapshots", len(inv[name].Snapshots),
+			"removed", rep.Removed, "missing", rep.Missing, "errors", rep.Errors)
+		if len(rep.Missing) > 0 {
+			d.log.Error("reconcile: store records with no data on disk; reported abnormal by ControllerGetVolume", "pool", name, "ids", rep.Missing)
+		}
+	}
+	return nil
+}
+
+// lock takes the per-key locks for one operation, or fails with ABORTED
+// because another operation on the same volume is in flight.
+func (d *Driver) lock(keys ...string) (func(), error) {
+	seen := map[string]bool{}
+	uniq := keys[:0:0]
+	for _, k := range keys {
+		if !seen[k] {
+			seen[k] = true
+			uniq = append(uniq, k)
+		}
+	}
+	unlock, ok := d.locks.TryLockAll(uniq...)
+	if !ok {
+		return nil, fmt.Errorf("an operation on %v is already in progress: %w", uniq, errdefs.ErrAborted)
+	}
+	return unlock, nil
+}
+
+func (d *Driver) topology() *csi.Topology {
+	return &csi.Topology{Segments: map[string]string{TopologyKey: d.cfg.NodeID}}
+}

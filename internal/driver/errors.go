@@ -1,0 +1,54 @@
+package driver
+
+import (
+	"context"
+	"errors"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/cairn-csi/cairn/internal/errdefs"
+)
+
+// classCodes maps each error class to its gRPC code. It is the only place
+// where classes become codes.
+var classCodes = []struct {
+	class error
+	code  codes.Code
+}{
+	{errdefs.ErrInvalidArgument, codes.InvalidArgument},
+	{errdefs.ErrNotFound, codes.NotFound},
+	{errdefs.ErrAlreadyExists, codes.AlreadyExists},
+	{errdefs.ErrOutOfRange, codes.OutOfRange},
+	{errdefs.ErrResourceExhausted, codes.ResourceExhausted},
+	{errdefs.ErrFailedPrecondition, codes.FailedPrecondition},
+	{errdefs.ErrAborted, codes.Aborted},
+	{errdefs.ErrUnavailable, codes.Unavailable},
+	{errdefs.ErrNotSupported, codes.Unimplemented},
+}
+
+// toStatus turns any error into a gRPC status error with no details, as the
+// CSI spec requires. An error that already is a status passes through.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	}
+	for _, cc := range classCodes {
+		if errors.Is(err, cc.class) {
+			return status.Error(cc.code, err.Error())
+		}
+	}
+	return status.Error(codes.Internal, err.Error())
+}
+
+// codeOf is the gRPC code toStatus would give err.
+func codeOf(err error) codes.Code { return status.Code(toStatus(err)) }

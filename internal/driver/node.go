@@ -1,0 +1,643 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/cairn-csi/cairn/internal/backend"
+	"github.com/cairn-csi/cairn/internal/errdefs"
+	"github.com/cairn-csi/cairn/internal/store"
+)
+
+// nodeVolume is a volume as the node sees it.
+type nodeVolume struct {
+	id     string
+	pool   string
+	b      backend.Backend
+	src    backend.Source
+	rec    *store.Volume // nil in node mode, which has no store
+	fsType string
+	mkfs   []string
+}
+
+// findVolume resolves a volume ID on this node: from the store when this
+// process has one, else from the pool named in the volume context, else
+// by asking every pool.
+func (d *Driver) findVolume(ctx context.Context, id string, volCtx map[string]string) (nodeVolume, error) {
+	nv := nodeVolume{id: id}
+	candidates := d.poolOrder
+	if d.store != nil {
+		rec, err := d.volumeRecord(ctx, id)
+		if err != nil {
+			return nv, err
+		}
+		nv.rec = &rec
+		nv.fsType, nv.mkfs = rec.FsType, strings.Fields(rec.MkfsOptions)
+		candidates = []string{rec.Pool}
+	} else {
+		if p := volCtx[ctxPool]; p != "" {
+			candidates = []string{p}
+		}
+		nv.fsType, nv.mkfs = volCtx[ctxFsType], strings.Fields(volCtx[ctxMkfsOptions])
+	}
+	for _, name := range candidates {
+		b, ok := d.pools[name]
+		if !ok {
+			return nv, fmt.Errorf("volume %s: pool %q is not configured on this node: %w", id, name, errdefs.ErrNotFound)
+		}
+		src, err := b.Source(ctx, id)
+		if errdefs.Is(err, errdefs.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nv, err
+		}
+		nv.pool, nv.b, nv.src = name, b, src
+		return nv, nil
+	}
+	return nv, fmt.Errorf("volume %s: %w", id, errdefs.ErrNotFound)
+}
+
+func (nv nodeVolume) block(c *csi.VolumeCapability) bool { return c.GetBlock() != nil }
+
+// checkAccess refuses a capability that does not fit the volume's kind.
+func (nv nodeVolume) checkAccess(c *csi.VolumeCapability) error {
+	if nv.block(c) && nv.src.Kind == backend.SourceDirectory {
+		return invalid("volume %s is a directory volume and cannot be used as a block device", nv.id)
+	}
+	if nv.rec != nil && nv.rec.AccessType != "" && nv.rec.AccessType != accessName(c) {
+		return invalid("volume %s was created for %s access, not %s", nv.id, nv.rec.AccessType, accessName(c))
+	}
+	return nil
+}
+
+func accessName(c *csi.VolumeCapability) string {
+	if c.GetBlock() != nil {
+		return backend.AccessBlock.String()
+	}
+	return backend.AccessMount.String()
+}
+
+// NodeStageVolume implements csi.NodeServer. Directory volumes are bind
+// mounted at the staging path; image volumes are attached to a loop device
+// and, for mount access, formatted if blank and mounted there.
+func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
+	return &csi.NodeStageVolumeResponse{}, toStatus(d.nodeStage(ctx, req))
+}
+
+func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest) error {
+	if err := requireID("volume_id", req.GetVolumeId()); err != nil {
+		return err
+	}
+	staging := req.GetStagingTargetPath()
+	if err := requirePath("staging_target_path", staging); err != nil {
+		return err
+	}
+	if err := checkCapability("volume_capability", req.GetVolumeCapability()); err != nil {
+		return err
+	}
+	if err := checkMap("volume_context", req.GetVolumeContext()); err != nil {
+		return err
+	}
+	if err := checkMap("publish_context", req.GetPublishContext()); err != nil {
+		return err
+	}
+	unlock, err := d.lock(volKey(req.GetVolumeId()))
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	nv, err := d.findVolume(ctx, req.GetVolumeId(), req.GetVolumeContext())
+	if err != nil {
+		return err
+	}
+	if err := nv.checkAccess(req.GetVolumeCapability()); err != nil {
+		return err
+	}
+	fi, err := os.Lstat(staging)
+	if err != nil {
+		return invalid("staging_target_path %q must be a directory the CO created: %v", staging, err)
+	}
+	if !fi.IsDir() {
+		return invalid("staging_target_path %q is not a directory", staging)
+	}
+
+	if nv.src.Kind == backend.SourceImageFile {
+		if d.cfg.Loop == nil {
+			return fmt.Errorf("image volumes need loop devices: %w", errdefs.ErrFailedPrecondition)
+		}
+		devs, err := d.cfg.Loop.Find(ctx, nv.src.Path)
+		if err != nil {
+			return err
+		}
+		if len(devs) == 0 {
+			dev, err := d.cfg.Loop.Attach(ctx, nv.src.Path, false)
+			if err != nil {
+				return fmt.Errorf("attach %s: %w", nv.src.Path, err)
+			}
+			d.log.Info("loop device attached", "volume", nv.id, "device", dev)
+		}
+		if nv.block(req.GetVolumeCapability()) {
+			return nil // publish bind-mounts the device itself
+		}
+	}
+
+	id, err := d.identityOf(ctx, nv.src)
+	if err != nil {
+		return err
+	}
+	st, err := d.inspect(staging, id)
+	if err != nil {
+		return err
+	}
+	switch {
+	case st.mounted && st.ours:
+		return nil
+	case st.mounted:
+		return fmt.Errorf("staging_target_path %q is a mount of something else: %w", staging, errdefs.ErrAlreadyExists)
+	}
+
+	m := req.GetVolumeCapability().GetMount()
+	switch nv.src.Kind {
+	case backend.SourceDirectory:
+		if err := d.mounter.Mount(nv.src.Path, staging, "", bindOptions(false, nil)); err != nil {
+			return fmt.Errorf("bind mount %s at %s: %w", nv.src.Path, staging, err)
+		}
+	case backend.SourceImageFile:
+		devs, err := d.cfg.Loop.Find(ctx, nv.src.Path)
+		if err != nil || len(devs) == 0 {
+			return fmt.Errorf("loop device for %s vanished: %v: %w", nv.src.Path, err, errdefs.ErrAborted)
+		}
+		fsType := firstNonEmpty(m.GetFsType(), nv.fsType, "ext4")
+		if err := checkFsType("volume_capability.mount.fs_type", fsType); err != nil {
+			return err
+		}
+		if err := d.mounter.FormatAndMountSensitiveWithFormatOptions(devs[0], staging, fsType, m.GetMountFlags(), nil, nv.mkfs); err != nil {
+			return fmt.Errorf("format and mount %s at %s: %w", devs[0], staging, err)
+		}
+	default:
+		return fmt.Errorf("source kind %s cannot be staged: %w", nv.src.Kind, errdefs.ErrFailedPrecondition)
+	}
+	d.log.Info("volume staged", "volume", nv.id, "staging", staging)
+	return nil
+}
+
+// NodeUnstageVolume implements csi.NodeServer. It works whether or not the
+// volume still exists, so a node can always be cleaned up.
+func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
+	return &csi.NodeUnstageVolumeResponse{}, toStatus(d.nodeUnstage(ctx, req))
+}
+
+func (d *Driver) nodeUnstage(ctx context.Context, req *csi.NodeUnstageVolumeRequest) error {
+	if err := requireID("volume_id", req.GetVolumeId()); err != nil {
+		return err
+	}
+	staging := req.GetStagingTargetPath()
+	if err := requirePath("staging_target_path", staging); err != nil {
+		return err
+	}
+	unlock, err := d.lock(volKey(req.GetVolumeId()))
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	n, err := d.unmountAll(ctx, staging)
+	if err != nil {
+		return err
+	}
+	nv, err := d.findVolume(ctx, req.GetVolumeId(), nil)
+	if err == nil && nv.src.Kind == backend.SourceImageFile && d.cfg.Loop != nil {
+		if err := d.detachUnused(ctx, nv); err != nil {
+			return err
+		}
+	} else if err != nil && !errdefs.Is(err, errdefs.ErrNotFound) {
+		return err
+	}
+	if n > 0 {
+		d.log.Info("volume unstaged", "volume", req.GetVolumeId(), "staging", staging, "unmounted", n)
+	}
+	return nil
+}
+
+// detachUnused detaches the volume's loop devices once nothing mounts them.
+func (d *Driver) detachUnused(ctx context.Context, nv nodeVolume) error {
+	mps, err := d.mountsOf(ctx, nv.src)
+	if err != nil {
+		return err
+	}
+	if len(mps) > 0 {
+		return fmt.Errorf("volume %s is still mounted at %v; unpublish it first: %w", nv.id, mps, errdefs.ErrFailedPrecondition)
+	}
+	devs, err := d.cfg.Loop.Find(ctx, nv.src.Path)
+	if err != nil {
+		return err
+	}
+	for _, dev := range devs {
+		if err := d.cfg.Loop.Detach(ctx, dev); err != nil {
+			return fmt.Errorf("detach %s: %w", dev, err)
+		}
+		d.log.Info("loop device detached", "volume", nv.id, "device", dev)
+	}
+	return nil
+}
+
+// NodePublishVolume implements csi.NodeServer: a bind mount of the staged
+// volume (or, for block access, of its device) at the target, which the
+// plugin creates.
+func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	if req.GetVolumeContext()[ephemeralContextKey] == "true" {
+		return &csi.NodePublishVolumeResponse{}, toStatus(d.publishEphemeral(ctx, req))
+	}
+	return &csi.NodePublishVolumeResponse{}, toStatus(d.nodePublish(ctx, req))
+}
+
+func (d *Driver) validatePublish(req *csi.NodePublishVolumeRequest) error {
+	if err := requireID("volume_id", req.GetVolumeId()); err != nil {
+		return err
+	}
+	if err := requirePath("target_path", req.GetTargetPath()); err != nil {
+		return err
+	}
+	if err := checkCapability("volume_capability", req.GetVolumeCapability()); err != nil {
+		return err
+	}
+	if err := checkMap("volume_context", req.GetVolumeContext()); err != nil {
+		return err
+	}
+	return checkMap("publish_context", req.GetPublishContext())
+}
+
+func (d *Driver) nodePublish(ctx context.Context, req *csi.NodePublishVolumeRequest) error {
+	if err := d.validatePublish(req); err != nil {
+		return err
+	}
+	staging := req.GetStagingTargetPath()
+	if err := requirePath("staging_target_path", staging); err != nil {
+		return err
+	}
+	target := req.GetTargetPath()
+	if filepath.Clean(target) == filepath.Clean(staging) {
+		return invalid("target_path and staging_target_path must differ")
+	}
+	unlock, err := d.lock(volKey(req.GetVolumeId()))
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	nv, err := d.findVolume(ctx, req.GetVolumeId(), req.GetVolumeContext())
+	if err != nil {
+		return err
+	}
+	cap := req.GetVolumeCapability()
+	if err := nv.checkAccess(cap); err != nil {
+		return err
+	}
+	id, err := d.identityOf(ctx, nv.src)
+	if err != nil {
+		return err
+	}
+
+	// What to bind: the staged filesystem, or the loop device itself.
+	bindSource := staging
+	if nv.block(cap) {
+		devs, err := d.cfg.Loop.Find(ctx, nv.src.Path)
+		if err != nil {
+			return err
+		}
+		if len(devs) == 0 {
+			return fmt.Errorf("volume %s is not staged (no loop device): %w", nv.id, errdefs.ErrFailedPrecondition)
+		}
+		bindSource = devs[0]
+	} else if st, err := d.inspect(staging, id); err != nil {
+		return err
+	} else if !st.mounted || !st.ours {
+		return fmt.Errorf("volume %s is not staged at %q: %w", nv.id, staging, errdefs.ErrFailedPrecondition)
+	}
+
+	st, err := d.inspect(target, id)
+	if err != nil {
+		return err
+	}
+	readOnly := req.GetReadonly() || cap.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
+	switch {
+	case st.symlink:
+		return invalid("target_path %q is a symbolic link; refusing to follow it", target)
+	case st.mounted && st.ours && st.readOnly == readOnly:
+		return nil // already published: never stack a second mount
+	case st.mounted && st.ours:
+		return fmt.Errorf("volume %s is already published at %q with readonly=%t: %w", nv.id, target, st.readOnly, errdefs.ErrAlreadyExists)
+	case st.mounted:
+		return fmt.Errorf("target_path %q is already a mount of something else: %w", target, errdefs.ErrAlreadyExists)
+	}
+
+	if cap.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER {
+		mps, err := d.mountsOf(ctx, nv.src)
+		if err != nil {
+			return err
+		}
+		for _, mp := range mps {
+			if mp != staging && mp != target {
+				return fmt.Errorf("volume %s is single-writer and already published at %q: %w", nv.id, mp, errdefs.ErrFailedPrecondition)
+			}
+		}
+	}
+
+	created, err := makeTarget(target, nv.block(cap))
+	if err != nil {
+		return err
+	}
+	var flags []string
+	if m := cap.GetMount(); m != nil {
+		flags = m.GetMountFlags()
+	}
+	if err := d.mounter.Mount(bindSource, target, "", bindOptions(readOnly, flags)); err != nil {
+		if created {
+			os.Remove(target)
+		}
+		return fmt.Errorf("bind mount at %s: %w", target, err)
+	}
+	d.log.Info("volume published", "volume", nv.id, "target", target, "readonly", readOnly)
+	return nil
+}
+
+// makeTarget creates the target: a directory for mount access, an empty
+// file for block access. It reports whether it created it.
+func makeTarget(target string, block bool) (bool, error) {
+	parent := filepath.Dir(target)
+	if err := os.MkdirAll(parent, 0o750); err != nil {
+		return false, fmt.Errorf("target_path parent: %w", err)
+	}
+	if block {
+		f, err := os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o640)
+		if errors.Is(err, fs.ErrExist) {
+			fi, statErr := os.Lstat(target)
+			if statErr == nil && fi.Mode().IsRegular() {
+				return false, nil
+			}
+			return false, invalid("target_path %q exists and is not a regular file", target)
+		}
+		if err != nil {
+			return false, fmt.Errorf("create target file: %w", err)
+		}
+		return true, f.Close()
+	}
+	err := os.Mkdir(target, 0o750)
+	if errors.Is(err, fs.ErrExist) {
+		fi, statErr := os.Lstat(target)
+		if statErr == nil && fi.IsDir() {
+			return false, nil
+		}
+		return false, invalid("target_path %q exists and is not a directory", target)
+	}
+	if err != nil {
+		return false, fmt.Errorf("create target directory: %w", err)
+	}
+	return true, nil
+}
+
+// NodeUnpublishVolume implements csi.NodeServer: unmount every layer at the
+// target and remove it. A missing or unmounted target is success.
+func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
+	return &csi.NodeUnpublishVolumeResponse{}, toStatus(d.nodeUnpublish(ctx, req))
+}
+
+func (d *Driver) nodeUnpublish(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) error {
+	if err := requireID("volume_id", req.GetVolumeId()); err != nil {
+		return err
+	}
+	target := req.GetTargetPath()
+	if err := requirePath("target_path", target); err != nil {
+		return err
+	}
+	unlock, err := d.lock(volKey(req.GetVolumeId()))
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	fi, err := os.Lstat(target)
+	if errors.Is(err, fs.ErrNotExist) {
+		return d.unpublishEphemeral(ctx, req.GetVolumeId(), target)
+	}
+	if err != nil {
+		return err
+	}
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		return invalid("target_path %q is a symbolic link; refusing to follow it", target)
+	}
+	n, err := d.unmountAll(ctx, target)
+	if err != nil {
+		return err
+	}
+	// os.Remove, never RemoveAll: if anything is left inside, it is not ours.
+	if err := os.Remove(target); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove target %s: %w", target, err)
+	}
+	if n > 0 {
+		d.log.Info("volume unpublished", "volume", req.GetVolumeId(), "target", target, "unmounted", n)
+	}
+	return d.unpublishEphemeral(ctx, req.GetVolumeId(), target)
+}
+
+// NodeGetVolumeStats implements csi.NodeServer.
+func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
+	resp, err := d.nodeStats(ctx, req)
+	return resp, toStatus(err)
+}
+
+func (d *Driver) nodeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
+	if err := requireID("volume_id", req.GetVolumeId()); err != nil {
+		return nil, err
+	}
+	path := req.GetVolumePath()
+	if err := requireVolumePath("volume_path", path); err != nil {
+		return nil, err
+	}
+	if p := req.GetStagingTargetPath(); p != "" {
+		if err := requirePath("staging_target_path", p); err != nil {
+			return nil, err
+		}
+	}
+	nv, err := d.findVolume(ctx, req.GetVolumeId(), nil)
+	if err != nil {
+		return nil, err
+	}
+	id, err := d.identityOf(ctx, nv.src)
+	if err != nil {
+		return nil, err
+	}
+	st, err := d.inspect(path, id)
+	if err != nil {
+		return nil, err
+	}
+	if !st.exists || !st.mounted || !st.ours {
+		return nil, fmt.Errorf("volume %s is not mounted at %q: %w", nv.id, path, errdefs.ErrNotFound)
+	}
+	u, err := d.usageAt(ctx, nv, path)
+	if err != nil {
+		return nil, err
+	}
+	resp := &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{{
+		Unit: csi.VolumeUsage_BYTES, Total: u.TotalBytes, Used: u.UsedBytes, Available: u.AvailableBytes,
+	}}}
+	if u.TotalInodes > 0 {
+		resp.Usage = append(resp.Usage, &csi.VolumeUsage{
+			Unit: csi.VolumeUsage_INODES, Total: u.TotalInodes, Used: u.UsedInodes, Available: u.AvailableInodes,
+		})
+	}
+	return resp, nil
+}
+
+// usageAt reports usage: a block device's size, a filesystem image's
+// statfs, or what the pool knows of a directory volume.
+func (d *Driver) usageAt(ctx context.Context, nv nodeVolume, path string) (backend.Usage, error) {
+	if nv.src.Kind == backend.SourceImageFile {
+		fi, err := os.Stat(path)
+		if err != nil {
+			return backend.Usage{}, err
+		}
+		if fi.Mode()&fs.ModeDevice != 0 {
+			img, err := os.Stat(nv.src.Path)
+			if err != nil {
+				return backend.Usage{}, err
+			}
+			return backend.Usage{TotalBytes: img.Size()}, nil
+		}
+	}
+	return nv.b.Usage(ctx, nv.id)
+}
+
+// NodeExpandVolume implements csi.NodeServer. When the controller has not
+// grown the volume (node-only expansion in Kubernetes, see
+// docs/kubernetes.md), it does so here; then it makes the loop device and
+// filesystem see the new size.
+func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
+	resp, err := d.nodeExpand(ctx, req)
+	return resp, toStatus(err)
+}
+
+func (d *Driver) nodeExpand(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
+	if err := requireID("volume_id", req.GetVolumeId()); err != nil {
+		return nil, err
+	}
+	path := req.GetVolumePath()
+	if err := requireVolumePath("volume_path", path); err != nil {
+		return nil, err
+	}
+	if c := req.GetVolumeCapability(); c != nil {
+		if err := checkCapability("volume_capability", c); err != nil {
+			return nil, err
+		}
+	}
+	unlock, err := d.lock(volKey(req.GetVolumeId()))
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	nv, err := d.findVolume(ctx, req.GetVolumeId(), nil)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("volume_path %q: %v: %w", path, err, errdefs.ErrNotFound)
+	}
+	size := int64(0)
+	if nv.rec != nil {
+		size = nv.rec.CapacityBytes
+		if want := req.GetCapacityRange().GetRequiredBytes(); want > size {
+			_, size, err = d.expand(ctx, nv.id, req.GetCapacityRange())
+			if err != nil {
+				return nil, err
+			}
+		}
+	}
+	if nv.src.Kind == backend.SourceImageFile && d.cfg.Loop != nil {
+		if err := d.growImageOnNode(ctx, nv, path); err != nil {
+			return nil, err
+		}
+		if size == 0 {
+			if fi, err := os.Stat(nv.src.Path); err == nil {
+				size = fi.Size()
+			}
+		}
+	}
+	if size == 0 {
+		size = req.GetCapacityRange().GetRequiredBytes()
+	}
+	return &csi.NodeExpandVolumeResponse{CapacityBytes: size}, nil
+}
+
+// growImageOnNode refreshes the loop device's size and grows a mounted
+// filesystem online.
+func (d *Driver) growImageOnNode(ctx context.Context, nv nodeVolume, path string) error {
+	devs, err := d.cfg.Loop.Find(ctx, nv.src.Path)
+	if err != nil {
+		return err
+	}
+	for _, dev := range devs {
+		if err := d.cfg.Loop.Refresh(ctx, dev); err != nil {
+			return fmt.Errorf("refresh %s: %w", dev, err)
+		}
+	}
+	if len(devs) == 0 {
+		return nil // not attached: the next stage sees the new size
+	}
+	fi, err := os.Stat(path)
+	if err != nil || !fi.IsDir() {
+		return err // block access: the device size is all there is
+	}
+	return d.resizeFS(ctx, devs[0], path)
+}
+
+// NodeGetCapabilities implements csi.NodeServer.
+func (d *Driver) NodeGetCapabilities(ctx context.Context, _ *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
+	rpcs := []csi.NodeServiceCapability_RPC_Type{
+		csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
+		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
+		csi.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
+		csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+	}
+	if d.anyPool(func(b backend.Backend) bool { _, ok := b.(backend.Expander); return ok }) {
+		rpcs = append(rpcs, csi.NodeServiceCapability_RPC_EXPAND_VOLUME)
+	}
+	resp := &csi.NodeGetCapabilitiesResponse{}
+	for _, r := range rpcs {
+		resp.Capabilities = append(resp.Capabilities, &csi.NodeServiceCapability{
+			Type: &csi.NodeServiceCapability_Rpc{Rpc: &csi.NodeServiceCapability_RPC{Type: r}}})
+	}
+	return resp, nil
+}
+
+// NodeGetInfo implements csi.NodeServer.
+func (d *Driver) NodeGetInfo(ctx context.Context, _ *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
+	return &csi.NodeGetInfoResponse{
+		NodeId:             d.cfg.NodeID,
+		MaxVolumesPerNode:  d.cfg.MaxVolumesPerNode,
+		AccessibleTopology: d.topology(),
+	}, nil
+}
+
+// reconcileNode reports the node's state at start-up. Mounts and loop
+// devices of volumes are not torn down: after a driver restart, workloads
+// are still using them.
+func (d *Driver) reconcileNode(ctx context.Context) {
+	if d.cfg.Loop == nil {
+		return
+	}
+	d.reconcileLoops(ctx)
+}
+
+func firstNonEmpty(vals ...string) string {
+	for _, v := range vals {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}

@@ -1,0 +1,55 @@
+package driver
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/kubernetes-csi/csi-lib-utils/protosanitizer"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+)
+
+// NewServer returns a gRPC server with the services of d's mode
+// registered. Requests are logged with their secrets stripped; extra
+// interceptors (metrics) run outside the logging one.
+func NewServer(d *Driver, opts []grpc.ServerOption, interceptors ...grpc.UnaryServerInterceptor) *grpc.Server {
+	chain := append(append([]grpc.UnaryServerInterceptor{}, interceptors...), d.logCalls)
+	srv := grpc.NewServer(append(opts, grpc.ChainUnaryInterceptor(chain...))...)
+	csi.RegisterIdentityServer(srv, d)
+	if d.cfg.Mode.controller() {
+		csi.RegisterControllerServer(srv, d)
+	}
+	if d.cfg.Mode.node() {
+		csi.RegisterNodeServer(srv, d)
+	}
+	return srv
+}
+
+// logCalls logs every call. Requests pass through protosanitizer, which
+// blanks every field marked csi_secret, so secrets never reach the log.
+func (d *Driver) logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	d.log.Debug("call", "method", info.FullMethod, "request", protosanitizer.StripSecrets(req).String())
+	resp, err := handler(ctx, req)
+	attrs := []any{"method", info.FullMethod, "duration", time.Since(start)}
+	if err != nil {
+		st, _ := status.FromError(err)
+		attrs = append(attrs, "code", st.Code().String(), "err", st.Message(), "request", protosanitizer.StripSecrets(req).String())
+		d.log.Log(ctx, levelFor(st.Code().String()), "call failed", attrs...)
+		return resp, err
+	}
+	d.log.Debug("call done", append(attrs, "response", protosanitizer.StripSecrets(resp).String())...)
+	return resp, nil
+}
+
+// levelFor keeps expected outcomes (a retry finding the volume gone, a
+// busy volume) out of the error level.
+func levelFor(code string) slog.Level {
+	switch code {
+	case "Internal", "Unknown", "DataLoss", "Unavailable":
+		return slog.LevelError
+	}
+	return slog.LevelWarn
+}

@@ -1,0 +1,157 @@
+// Package sanity runs the official CSI conformance suite (csi-test's
+// pkg/sanity) against the real cairn binary, once per configuration: each
+// pool type, all services on one socket, and controller and node split
+// over two processes.
+package sanity
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
+	. "github.com/onsi/ginkgo/v2"
+	"github.com/onsi/ginkgo/v2/types"
+	. "github.com/onsi/gomega"
+
+	"github.com/cairn-csi/cairn/internal/testdriver"
+	"github.com/cairn-csi/cairn/internal/testfs"
+)
+
+// target is one configuration under test.
+type target struct {
+	name   string
+	fs     string // filesystem to make for the pool ("" = a plain temp dir)
+	pools  func(root string) []string
+	split  bool // controller and node in separate processes
+	block  bool // TestVolumeAccessType=block
+	params map[string]string
+	needs  []string // binaries that must exist
+}
+
+var targets = []target{
+	{name: "dir/all", pools: func(root string) []string { return []string{"default=dir:" + root} }},
+	{name: "dir/split", split: true, pools: func(root string) []string { return []string{"default=dir:" + root} }},
+}
+
+// allowedSkips are the reasons a spec may be skipped: each names a
+// capability Cairn does not advertise (by design: node-local volumes need
+// no ControllerPublish, and mutable parameters are not supported).
+var allowedSkips = []*regexp.Regexp{
+	regexp.MustCompile(`ControllerPublishVolume not supported`),
+	regexp.MustCompile(`Controller Publish, UnpublishVolume not supported`),
+	regexp.MustCompile(`ControllerModifyVolume not supported`),
+	regexp.MustCompile(`Volume Cloning not supported`),
+	regexp.MustCompile(`ControllerUnpublishVolume not supported`),
+	regexp.MustCompile(`(?i)modify volume not supported`),
+	regexp.MustCompile(`SNAPSHOT_ACCESSIBILITY_CONSTRAINTS not supported`),
+	regexp.MustCompile(`NodeGetStorageHealth not supported`),
+	regexp.MustCompile(`GroupControllerService not supported|VolumeGroupSnapshot not supported|group controller`),
+	regexp.MustCompile(`Controller Service not provided`), // the node-only process of a split run
+	regexp.MustCompile(`CreateSnapshot not supported|ListSnapshots not supported|GetSnapshot not supported|DeleteSnapshot not supported|CloneVolume not supported|Snapshot not supported`),
+	regexp.MustCompile(`ControllerExpandVolume not supported|NodeExpandVolume not supported`),
+	regexp.MustCompile(`Single node multi writer`),
+	regexp.MustCompile(`^environment: `), // listed, and the target named, in the report
+}
+
+// configs holds one sanity configuration per target; TestSanity fills
+// them in (filesystems, driver processes) before the specs run.
+var configs = func() map[string]*sanity.TestConfig {
+	m := map[string]*sanity.TestConfig{}
+	for _, tg := range targets {
+		cfg := sanity.NewTestConfig()
+		m[tg.name] = &cfg
+	}
+	return m
+}()
+
+// unavailable says why a target cannot run on this machine; its specs are
+// then skipped with that reason, which the report lists.
+var unavailable = map[string]string{}
+
+func TestSanity(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("csi-sanity needs root: NodeStage and NodePublish make real bind mounts")
+	}
+	for _, tg := range targets {
+		setUp(t, tg, configs[tg.name])
+	}
+	RegisterFailHandler(Fail)
+	RunSpecs(t, "Cairn CSI sanity")
+}
+
+func setUp(t *testing.T, tg target, cfg *sanity.TestConfig) {
+	for _, bin := range tg.needs {
+		if _, err := exec.LookPath(bin); err != nil {
+			unavailable[tg.name] = "environment: " + bin + " is not installed"
+			return
+		}
+	}
+	tmp := t.TempDir()
+	root := filepath.Join(tmp, "pool")
+	if tg.fs != "" {
+		root = filepath.Join(testfs.New(t, tg.fs, 1<<30), "pool")
+	}
+	data := filepath.Join(tmp, "data")
+	if tg.split {
+		ctl := testdriver.Start(t, testdriver.Options{DataDir: data, Mode: "controller", Pools: tg.pools(root)})
+		node := testdriver.Start(t, testdriver.Options{DataDir: data, Mode: "node", Pools: tg.pools(root)})
+		cfg.ControllerAddress = "unix://" + ctl.Socket
+		cfg.Address = "unix://" + node.Socket
+	} else {
+		p := testdriver.Start(t, testdriver.Options{DataDir: data, Pools: tg.pools(root)})
+		cfg.Address = "unix://" + p.Socket
+	}
+	cfg.TargetPath = filepath.Join(tmp, "target")
+	cfg.StagingPath = filepath.Join(tmp, "staging")
+	cfg.TestVolumeSize = 64 << 20
+	cfg.TestVolumeExpandSize = 128 << 20
+	cfg.IdempotentCount = 10
+	cfg.TestVolumeParameters = tg.params
+	if tg.block {
+		cfg.TestVolumeAccessType = "block"
+	}
+}
+
+var _ = ReportAfterSuite("skipped specs", func(r Report) {
+	var lines []string
+	var unexplained []string
+	for _, s := range r.SpecReports {
+		if s.State != types.SpecStateSkipped || s.LeafNodeType != types.NodeTypeIt {
+			continue
+		}
+		msg := s.Failure.Message
+		lines = append(lines, fmt.Sprintf("  %s\n      reason: %s", s.FullText(), msg))
+		ok := false
+		for _, re := range allowedSkips {
+			if re.MatchString(msg) {
+				ok = true
+			}
+		}
+		if !ok {
+			unexplained = append(unexplained, s.FullText()+": "+msg)
+		}
+	}
+	sort.Strings(lines)
+	fmt.Printf("\nsanity: %d specs skipped, each for a capability Cairn does not advertise:\n%s\n", len(lines), strings.Join(lines, "\n"))
+	Expect(unexplained).To(BeEmpty(), "specs skipped for a reason that is not an unadvertised capability")
+})
+
+var _ = Describe("cairn", func() {
+	for _, tg := range targets {
+		cfg := configs[tg.name]
+		Describe(tg.name, func() {
+			BeforeEach(func() {
+				if why := unavailable[tg.name]; why != "" {
+					Skip(why)
+				}
+			})
+			sanity.GinkgoTest(cfg)
+		})
+	}
+})
