@@ -17,6 +17,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 
@@ -97,7 +98,10 @@ func (p *Pool) CreateVolume(ctx context.Context, id string, spec backend.Spec, c
 	}
 	v := backend.Volume{ID: id, CapacityBytes: spec.CapacityBytes}
 	err := p.volumes.Create(ctx, id, func(ctx context.Context, tmp string) error {
-		return os.Mkdir(tmp, 0o777) // the workload owns it; fsGroup may chown
+		if err := os.Mkdir(tmp, 0o777); err != nil { // the workload owns it; fsGroup may chown
+			return err
+		}
+		return setRecordedCapacity(tmp, spec.CapacityBytes)
 	}, func() error { return commit(v) })
 	if err != nil {
 		return backend.Volume{}, fmt.Errorf("create volume %s: %w", id, err)
@@ -140,12 +144,51 @@ func (p *Pool) Usage(ctx context.Context, id string) (backend.Usage, error) {
 }
 
 // ExpandVolume implements backend.Expander. Without enforcement there is no
-// limit to raise: the new size is only recorded by the driver.
+// limit to raise: only the recorded size grows.
 func (p *Pool) ExpandVolume(ctx context.Context, id string, newBytes int64) (int64, error) {
-	if _, err := p.Source(ctx, id); err != nil {
+	src, err := p.Source(ctx, id)
+	if err != nil {
 		return 0, err
 	}
+	cur, err := recordedCapacity(src.Path)
+	if err != nil {
+		return 0, fmt.Errorf("volume %s: %w", id, err)
+	}
+	if newBytes <= cur {
+		return cur, nil
+	}
+	if err := setRecordedCapacity(src.Path, newBytes); err != nil {
+		return 0, fmt.Errorf("volume %s: %w", id, err)
+	}
 	return newBytes, nil
+}
+
+// The capacity of a volume is recorded on its directory, so the pool can
+// answer for it without the driver's store. trusted.* is invisible and
+// immutable to the unprivileged workload; user.* is the fallback for
+// unprivileged runs (tests).
+var capacityXattrs = []string{"trusted.cairn.capacity", "user.cairn.capacity"}
+
+func setRecordedCapacity(dir string, n int64) error {
+	var err error
+	for _, name := range capacityXattrs {
+		if err = unix.Setxattr(dir, name, []byte(strconv.FormatInt(n, 10)), 0); err == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("record capacity on %s: %w", dir, err)
+}
+
+func recordedCapacity(dir string) (int64, error) {
+	buf := make([]byte, 32)
+	var err error
+	for _, name := range capacityXattrs {
+		var n int
+		if n, err = unix.Getxattr(dir, name, buf); err == nil {
+			return strconv.ParseInt(string(buf[:n]), 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("read recorded capacity of %s: %w", dir, err)
 }
 
 // Reconcile implements backend.Backend.
