@@ -250,19 +250,27 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 	}
 	srv := driver.NewServer(d, sopts, obs.interceptors...)
 
+	// Registration stops first at shutdown, so kubelet stops sending calls
+	// before the CSI server refuses them.
+	regCtx, stopReg := context.WithCancel(context.Background())
+	regDone := make(chan struct{})
 	if c.KubeletRegistrationPath != "" {
 		go func() {
-			err := kubeletreg.Serve(ctx, kubeletreg.Config{
+			defer close(regDone)
+			err := kubeletreg.Serve(regCtx, kubeletreg.Config{
 				DriverName:      c.DriverName,
 				Endpoint:        c.KubeletRegistrationPath,
 				RegistrationDir: c.PluginRegistrationDir,
 				Logger:          log,
 			})
-			if err != nil && ctx.Err() == nil {
+			if err != nil && regCtx.Err() == nil {
 				log.Error("kubelet registration stopped", "err", err)
 			}
 		}()
+	} else {
+		close(regDone)
 	}
+	defer func() { stopReg(); <-regDone }()
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(lis) }()
@@ -274,6 +282,8 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
+	stopReg()
+	<-regDone
 	log.Info("shutting down: refusing new calls, waiting for in-flight ones", "timeout", c.ShutdownTimeout)
 	done := make(chan struct{})
 	go func() { srv.GracefulStop(); close(done) }()

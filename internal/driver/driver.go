@@ -81,6 +81,7 @@ type Driver struct {
 	mounter   *mount.SafeFormatAndMount
 	locks     keylock.Locks
 	ready     atomic.Bool
+	lastProbe atomic.Pointer[string] // Probe's last verdict, to log changes only
 }
 
 // New makes a driver. st may be nil only in node mode.
@@ -201,6 +202,7 @@ func (d *Driver) reconcileStore(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("reconcile pool %s: %w", name, err)
 		}
+		d.recordReconcile(name, rep)
 		d.log.Info("reconcile", "pool", name, "volumes", len(inv[name].Volumes), "snapshots", len(inv[name].Snapshots),
 			"removed", rep.Removed, "missing", rep.Missing, "errors", rep.Errors)
 		if len(rep.Missing) > 0 {

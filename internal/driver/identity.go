@@ -35,12 +35,33 @@ func (d *Driver) GetPluginCapabilities(ctx context.Context, _ *csi.GetPluginCapa
 
 // Probe implements csi.IdentityServer: ready only when the store (if this
 // mode has one) and every pool are usable.
+// Probe is called every few seconds, so it logs when its verdict changes,
+// not on every call. The line names pools whose sizes are not enforced.
 func (d *Driver) Probe(ctx context.Context, _ *csi.ProbeRequest) (*csi.ProbeResponse, error) {
 	err := d.Check(ctx)
+	verdict := "ready"
 	if err != nil {
-		d.log.Warn("probe: not ready", "reason", err)
+		verdict = "not ready: " + err.Error()
+	}
+	if prev := d.lastProbe.Swap(&verdict); prev == nil || *prev != verdict {
+		if err != nil {
+			d.log.Warn("probe: not ready", "reason", err)
+		} else {
+			d.log.Info("probe: ready", "capacityNotEnforced", d.unenforcedPools(ctx))
+		}
 	}
 	return &csi.ProbeResponse{Ready: wrapperspb.Bool(err == nil)}, nil
+}
+
+// unenforcedPools names the pools whose volume sizes are not hard limits.
+func (d *Driver) unenforcedPools(ctx context.Context) []string {
+	var out []string
+	for _, name := range d.poolOrder {
+		if c, err := d.pools[name].Capacity(ctx); err == nil && !c.Enforced {
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 // Check is Probe's verdict as an error: nil when ready.

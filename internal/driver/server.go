@@ -23,8 +23,24 @@ func NewServer(d *Driver, opts []grpc.ServerOption, interceptors ...grpc.UnarySe
 	}
 	if d.cfg.Mode.node() {
 		csi.RegisterNodeServer(srv, d)
+	} else {
+		// external-resizer asks NodeGetCapabilities on the controller's
+		// socket to choose node-only ("trivial") expansion, so a
+		// controller answers for the node plugin's capabilities.
+		csi.RegisterNodeServer(srv, nodeCapabilities{d: d})
 	}
 	return srv
+}
+
+// nodeCapabilities is the Node service of a controller-only process: it
+// describes the node plugin and serves nothing else.
+type nodeCapabilities struct {
+	csi.UnimplementedNodeServer
+	d *Driver
+}
+
+func (n nodeCapabilities) NodeGetCapabilities(ctx context.Context, req *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
+	return n.d.NodeGetCapabilities(ctx, req)
 }
 
 // logCalls logs every call. Requests pass through protosanitizer, which

@@ -23,9 +23,8 @@ const (
 var (
 	// ErrAlreadyFrozen is returned by Freeze when the filesystem is frozen
 	// already, by someone else: the caller holds no freeze and must not
-	// thaw. It is of class errdefs.ErrUnavailable, since the other freeze
-	// is expected to end.
-	ErrAlreadyFrozen = fmt.Errorf("filesystem already frozen: %w", errdefs.ErrUnavailable)
+	// thaw. It carries no errdefs class: the caller knows whether to retry.
+	ErrAlreadyFrozen = errors.New("filesystem already frozen")
 	// ErrNotFrozen is returned by thaw when the filesystem was thawed
 	// behind our back, so the snapshot taken may not be consistent.
 	ErrNotFrozen = errors.New("filesystem was not frozen at thaw")

@@ -1,0 +1,207 @@
+//go:build linux
+
+package loopdev
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	sysBlock = "/sys/block"
+	// deletedSuffix is what d_path appends to an unlinked file's path. A
+	// file whose real name ends so is reported as Deleted: the kernel gives
+	// no way to tell the two apart from sysfs alone.
+	deletedSuffix = " (deleted)"
+)
+
+// List returns every attached loop device (one with a backing file), in
+// device number order.
+func List(ctx context.Context) ([]Device, error) {
+	entries, err := os.ReadDir(sysBlock)
+	if err != nil {
+		return nil, fmt.Errorf("loopdev: list: %w", err)
+	}
+	var devs []Device
+	for _, e := range entries {
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("loopdev: list: %w", err)
+		}
+		n, ok := loopNumber(e.Name())
+		if !ok {
+			continue
+		}
+		d, ok, err := readDevice(n)
+		if err != nil {
+			return nil, fmt.Errorf("loopdev: list: loop%d: %w", n, err)
+		}
+		if ok {
+			devs = append(devs, d)
+		}
+	}
+	slices.SortFunc(devs, func(a, b Device) int { return cmp.Compare(a.Number, b.Number) })
+	return devs, nil
+}
+
+// FindByBackingFile returns the attached loop devices whose backing file is
+// path, so that a retried attach can reuse a device instead of adding one.
+//
+// While path exists, devices match by the device and inode numbers the
+// kernel holds for their backing file, which sees through symlinks, bind
+// mounts and renames, and does not match a deleted file that a new one has
+// since replaced at the same path. Devices whose numbers cannot be read, and
+// every device once path no longer exists, match by the path string; this
+// is how devices left on a deleted image are found (Deleted is set).
+func FindByBackingFile(ctx context.Context, path string) ([]Device, error) {
+	want, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("loopdev: find %s: %w", path, err)
+	}
+	// The kernel reports paths with symlinks resolved; resolve what still
+	// exists of ours the same way, for the string comparison.
+	wantResolved := want
+	if dir, err := filepath.EvalSymlinks(filepath.Dir(want)); err == nil {
+		wantResolved = filepath.Join(dir, filepath.Base(want))
+	}
+	var st unix.Stat_t
+	haveID := unix.Stat(want, &st) == nil
+
+	devs, err := List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("loopdev: find %s: %w", want, err)
+	}
+	var found []Device
+	for _, d := range devs {
+		if haveID {
+			dev, ino, err := backingID(d)
+			switch {
+			case errors.Is(err, unix.ENXIO):
+				continue // detached since List
+			case err == nil:
+				if dev == uint64(st.Dev) && ino == st.Ino {
+					found = append(found, d)
+				}
+				continue
+			case !d.Deleted:
+				var bst unix.Stat_t
+				if unix.Stat(d.BackingFile, &bst) == nil {
+					if bst.Dev == st.Dev && bst.Ino == st.Ino {
+						found = append(found, d)
+					}
+					continue
+				}
+			}
+		}
+		if d.BackingFile == want || d.BackingFile == wantResolved {
+			found = append(found, d)
+		}
+	}
+	return found, nil
+}
+
+// backingID returns the device and inode numbers of d's backing file, as
+// the kernel recorded them at attach time.
+func backingID(d Device) (dev, ino uint64, err error) {
+	fd, _, err := openLoop(d.Path)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer unix.Close(fd)
+	info, err := unix.IoctlLoopGetStatus64(fd)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%s: LOOP_GET_STATUS64: %w", d.Path, err)
+	}
+	return info.Device, info.Inode, nil
+}
+
+// readDevice reads loopN's state from sysfs; ok is false when it has no
+// backing file.
+func readDevice(n int) (d Device, ok bool, err error) {
+	dir := sysBlockDir(n)
+	path, deleted, bound, err := readBackingFile(dir)
+	if err != nil || !bound {
+		return Device{}, false, err
+	}
+	d = Device{Path: devPath(n), Number: n, BackingFile: path, Deleted: deleted}
+	for _, f := range []struct {
+		file string
+		dst  *bool
+	}{
+		{"loop/dio", &d.DirectIO},
+		{"loop/autoclear", &d.AutoClear},
+		{"ro", &d.ReadOnly},
+	} {
+		v, err := readFlag(filepath.Join(dir, f.file))
+		if errors.Is(err, fs.ErrNotExist) {
+			return Device{}, false, nil // detached while we read
+		}
+		if err != nil {
+			return Device{}, false, err
+		}
+		*f.dst = v
+	}
+	return d, true, nil
+}
+
+// readBackingFile reads the backing file of the loop device whose sysfs
+// directory is dir. bound is false when the device has none.
+func readBackingFile(dir string) (path string, deleted, bound bool, err error) {
+	b, err := os.ReadFile(filepath.Join(dir, "loop", "backing_file"))
+	// The loop/ directory exists only while a file is bound; ENXIO comes
+	// from a device being torn down.
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENXIO) {
+		return "", false, false, nil
+	}
+	if err != nil {
+		return "", false, false, err
+	}
+	s := strings.TrimSuffix(string(b), "\n")
+	if s == "" {
+		return "", false, false, nil
+	}
+	if p, ok := strings.CutSuffix(s, deletedSuffix); ok {
+		return p, true, true, nil
+	}
+	return s, false, true, nil
+}
+
+func readFlag(path string) (bool, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return false, err
+	}
+	return strings.TrimSpace(string(b)) == "1", nil
+}
+
+// loopNumber returns N for a /sys/block entry named loopN.
+func loopNumber(name string) (int, bool) {
+	rest, ok := strings.CutPrefix(name, "loop")
+	if !ok || rest == "" || len(rest) > 9 {
+		return 0, false
+	}
+	n := 0
+	for _, c := range rest {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n, true
+}
+
+func sysBlockDir(n int) string { return fmt.Sprintf("%s/loop%d", sysBlock, n) }
+
+// sysDevDir is the sysfs directory of the block device numbered rdev; it
+// works whatever name the device node has.
+func sysDevDir(rdev uint64) string {
+	return fmt.Sprintf("/sys/dev/block/%d:%d", unix.Major(rdev), unix.Minor(rdev))
+}

@@ -1,0 +1,196 @@
+//go:build linux
+
+// Package testfs owns throwaway filesystems for tests: a sparse image file
+// under t.TempDir, attached to a loop device with internal/loopdev,
+// formatted with the real mkfs tool and mounted, then unmounted, detached
+// and removed by t.Cleanup. It never touches a disk it did not make.
+//
+// It is a test helper: import it from _test.go files only. Everything here
+// needs root, and skips the test (never fails it) when not root, when the
+// mkfs tool is missing, or when the kernel cannot mount the filesystem.
+package testfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cairn-csi/cairn/internal/loopdev"
+)
+
+// kind is how to make and mount one filesystem type.
+type kind struct {
+	fstype   string   // for mount(2)
+	mkfs     string   // tool
+	pkg      string   // Debian package that has the tool
+	mkfsArgs []string // always passed, before the caller's
+	data     string   // mount(2) data (options)
+	minSize  int64    // the smallest image the tool accepts, used when New is given 0
+}
+
+var kinds = map[string]kind{
+	"ext4":          {fstype: "ext4", mkfs: "mkfs.ext4", pkg: "e2fsprogs", mkfsArgs: []string{"-q", "-F"}, minSize: 32 << 20},
+	"ext4-prjquota": {fstype: "ext4", mkfs: "mkfs.ext4", pkg: "e2fsprogs", mkfsArgs: []string{"-q", "-F", "-I", "256", "-O", "quota,project"}, data: "prjquota", minSize: 32 << 20},
+	"xfs":           {fstype: "xfs", mkfs: "mkfs.xfs", pkg: "xfsprogs", mkfsArgs: []string{"-q", "-f"}, data: "prjquota", minSize: 300 << 20},
+	"xfs-noquota":   {fstype: "xfs", mkfs: "mkfs.xfs", pkg: "xfsprogs", mkfsArgs: []string{"-q", "-f"}, minSize: 300 << 20},
+	"btrfs":         {fstype: "btrfs", mkfs: "mkfs.btrfs", pkg: "btrfs-progs", mkfsArgs: []string{"-q", "-f"}, minSize: 128 << 20},
+}
+
+// Types lists the fstype names New accepts:
+//
+//   - "ext4"
+//   - "ext4-prjquota": ext4 made with -O quota,project, mounted -o prjquota
+//   - "xfs": mounted -o prjquota; skips on kernels without XFS quota support
+//   - "xfs-noquota": xfs without quota options, for tests that only need xfs
+//   - "btrfs"
+func Types() []string {
+	names := make([]string, 0, len(kinds))
+	for n := range kinds {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// FS is a mounted throwaway filesystem.
+type FS struct {
+	Type       string // as given to NewFS
+	MountPoint string
+	Device     string // the loop device, e.g. "/dev/loop3"
+	Image      string // the sparse backing file
+}
+
+// New makes, mounts and returns the mount point of a filesystem of fstype
+// (see Types) on a sparse image of sizeBytes (0: the smallest the mkfs tool
+// accepts). mkfsArgs go to the mkfs tool before the device. Cleanup
+// unmounts it, detaches the loop device and removes the image.
+func New(t testing.TB, fstype string, sizeBytes int64, mkfsArgs ...string) string {
+	t.Helper()
+	return NewFS(t, fstype, sizeBytes, mkfsArgs...).MountPoint
+}
+
+// NewFS is New for tests that also need the device or the image, e.g. to
+// grow it.
+func NewFS(t testing.TB, fstype string, sizeBytes int64, mkfsArgs ...string) *FS {
+	t.Helper()
+	k, ok := kinds[fstype]
+	if !ok {
+		t.Fatalf("testfs: unknown filesystem type %q; want one of %v", fstype, Types())
+	}
+	RequireRoot(t)
+	tool, err := exec.LookPath(k.mkfs)
+	if err != nil {
+		t.Skipf("testfs: %s not found (apt-get install -y %s): %v", k.mkfs, k.pkg, err)
+	}
+	if sizeBytes == 0 {
+		sizeBytes = k.minSize
+	}
+	ctx := t.Context()
+
+	dir := t.TempDir()
+	fs := &FS{Type: fstype, MountPoint: filepath.Join(dir, "mnt"), Image: filepath.Join(dir, fstype+".img")}
+	if err := os.Mkdir(fs.MountPoint, 0o755); err != nil {
+		t.Fatalf("testfs: %v", err)
+	}
+	if err := makeSparse(fs.Image, sizeBytes); err != nil {
+		t.Fatalf("testfs: %v", err)
+	}
+
+	dev, err := loopdev.Attach(ctx, fs.Image, loopdev.Options{})
+	if err != nil {
+		t.Fatalf("testfs: %v", err)
+	}
+	fs.Device = dev.Path
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := loopdev.Detach(ctx, dev.Path); err != nil {
+			t.Errorf("testfs: cleanup: %v", err)
+		}
+	})
+
+	args := append(slices.Clone(k.mkfsArgs), mkfsArgs...)
+	args = append(args, dev.Path)
+	cmd := exec.CommandContext(ctx, tool, args...)
+	// Fixed locale so that a failure reads the same on every machine.
+	cmd.Env = append(os.Environ(), "LC_ALL=C")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("testfs: %s %s: %v\n%s", tool, strings.Join(args, " "), err, out)
+	}
+
+	if err := unix.Mount(dev.Path, fs.MountPoint, k.fstype, 0, k.data); err != nil {
+		switch {
+		case errors.Is(err, unix.ENODEV):
+			t.Skipf("testfs: the kernel cannot mount %s: %v", k.fstype, err)
+		case k.data != "" && errors.Is(err, unix.EINVAL):
+			// Kernels built without quota support (CONFIG_QFMT_V2 for ext4,
+			// CONFIG_XFS_QUOTA for xfs) refuse these filesystems or options
+			// with EINVAL: the machine's limit, not a bug; dmesg says which.
+			t.Skipf("testfs: the kernel refused %s with -o %s, most likely built without quota support: %v", k.fstype, k.data, err)
+		}
+		t.Fatalf("testfs: mount %s on %s (%s, %q): %v", dev.Path, fs.MountPoint, k.fstype, k.data, err)
+	}
+	t.Cleanup(func() {
+		if err := unmount(fs.MountPoint); err != nil {
+			t.Errorf("testfs: cleanup: %v", err)
+		}
+	})
+	return fs
+}
+
+// RequireRoot skips the test unless it runs as root on a machine with loop
+// devices.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("testfs: needs root for loop devices and mount(2)")
+	}
+	if _, err := os.Stat("/dev/loop-control"); err != nil {
+		t.Skipf("testfs: needs loop device support: %v", err)
+	}
+}
+
+func makeSparse(path string, size int64) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// unmount unmounts mnt, retrying while something (a test's leftover open
+// file, a writeback) keeps it busy. As a last resort it detaches the mount
+// lazily, so that removing the temporary directory cannot reach into the
+// filesystem, and reports the error.
+func unmount(mnt string) error {
+	delay := 10 * time.Millisecond
+	var err error
+	for range 10 {
+		err = unix.Unmount(mnt, 0)
+		if err == nil || errors.Is(err, unix.EINVAL) { // EINVAL: not mounted
+			return nil
+		}
+		if !errors.Is(err, unix.EBUSY) {
+			break
+		}
+		time.Sleep(delay)
+		delay = min(2*delay, 500*time.Millisecond)
+	}
+	if lerr := unix.Unmount(mnt, unix.MNT_DETACH); lerr != nil {
+		return fmt.Errorf("unmount %s: %w (lazy unmount: %w)", mnt, err, lerr)
+	}
+	return fmt.Errorf("unmount %s: %w; detached lazily, the device stays busy until its last user goes", mnt, err)
+}
