@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -34,12 +35,18 @@ type Pool struct {
 	root      string
 	volumes   staging.Dir
 	snapshots staging.Dir
+	log       *slog.Logger
 }
 
 var _ backend.Backend = (*Pool)(nil)
 
 // New opens the dir pool at root, creating its layout if needed.
 func New(ctx context.Context, root string) (*Pool, error) {
+	return NewWithLogger(ctx, root, slog.Default())
+}
+
+// NewWithLogger is New with a logger for the pool's own messages.
+func NewWithLogger(ctx context.Context, root string, log *slog.Logger) (*Pool, error) {
 	if !filepath.IsAbs(root) {
 		return nil, fmt.Errorf("dir pool path %q must be absolute: %w", root, errdefs.ErrInvalidArgument)
 	}
@@ -47,6 +54,7 @@ func New(ctx context.Context, root string) (*Pool, error) {
 		root:      filepath.Clean(root),
 		volumes:   staging.Dir{Path: filepath.Join(root, "volumes"), Remove: staging.RemoveAll},
 		snapshots: staging.Dir{Path: filepath.Join(root, "snapshots"), Remove: staging.RemoveAll},
+		log:       log,
 	}
 	for _, d := range []string{p.volumes.Path, p.snapshots.Path} {
 		if err := os.MkdirAll(d, 0o711); err != nil {
@@ -101,7 +109,7 @@ func (p *Pool) CreateVolume(ctx context.Context, id string, spec backend.Spec, c
 		if err := os.Mkdir(tmp, 0o777); err != nil { // the workload owns it; fsGroup may chown
 			return err
 		}
-		return setRecordedCapacity(tmp, spec.CapacityBytes)
+		return p.prepareVolumeDir(ctx, id, tmp, spec.CapacityBytes)
 	}, func() error { return commit(v) })
 	if err != nil {
 		return backend.Volume{}, fmt.Errorf("create volume %s: %w", id, err)
@@ -161,6 +169,12 @@ func (p *Pool) ExpandVolume(ctx context.Context, id string, newBytes int64) (int
 		return 0, fmt.Errorf("volume %s: %w", id, err)
 	}
 	return newBytes, nil
+}
+
+// prepareVolumeDir gives a new volume directory its recorded size (and,
+// where the filesystem enforces it, its limit).
+func (p *Pool) prepareVolumeDir(ctx context.Context, id, dir string, capacity int64) error {
+	return setRecordedCapacity(dir, capacity)
 }
 
 // The capacity of a volume is recorded on its directory, so the pool can

@@ -1,0 +1,134 @@
+package dirpool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/cairn-csi/cairn/internal/backend"
+	"github.com/cairn-csi/cairn/internal/errdefs"
+	"github.com/cairn-csi/cairn/internal/fileclone"
+)
+
+// Snapshots and clones in a dir pool are copies of the directory tree:
+// each file is reflinked (FICLONE) where the filesystem can (btrfs, xfs),
+// so the cost is metadata only, and copied sparsely elsewhere, so the cost
+// grows with the data. A copy is consistent per file, not across files:
+// quiesce the workload for a point-in-time snapshot, or use a btrfs pool.
+
+var (
+	_ backend.Snapshotter     = (*Pool)(nil)
+	_ backend.SnapshotDeleter = (*Pool)(nil)
+	_ backend.ContentCreator  = (*Pool)(nil)
+	_ backend.Expander        = (*Pool)(nil)
+)
+
+// CreateSnapshot implements backend.Snapshotter.
+func (p *Pool) CreateSnapshot(ctx context.Context, snapID, volID string, commit func(backend.Snapshot) error) (backend.Snapshot, error) {
+	src, err := p.Source(ctx, volID)
+	if err != nil {
+		return backend.Snapshot{}, err
+	}
+	snap := backend.Snapshot{ID: snapID, VolumeID: volID}
+	err = p.snapshots.Create(ctx, snapID, func(ctx context.Context, tmp string) error {
+		m, err := fileclone.CloneTree(ctx, src.Path, tmp)
+		if err != nil {
+			return err
+		}
+		p.log.Debug("snapshot copied", "snapshot", snapID, "volume", volID, "method", m.String())
+		return nil
+	}, func() error {
+		size, err := treeSize(p.snapshots.Entry(snapID))
+		if err != nil {
+			return err
+		}
+		snap.SizeBytes = size
+		if fi, err := os.Stat(p.snapshots.Entry(snapID)); err == nil {
+			snap.CreatedAt = fi.ModTime()
+		} else {
+			snap.CreatedAt = time.Now()
+		}
+		return commit(snap)
+	})
+	if err != nil {
+		return backend.Snapshot{}, fmt.Errorf("snapshot %s of %s: %w", snapID, volID, err)
+	}
+	return snap, nil
+}
+
+// DeleteSnapshot implements backend.SnapshotDeleter.
+func (p *Pool) DeleteSnapshot(ctx context.Context, snapID string, commit func() error) error {
+	if err := p.snapshots.Delete(ctx, snapID, commit); err != nil {
+		return fmt.Errorf("delete snapshot %s: %w", snapID, err)
+	}
+	return nil
+}
+
+// CreateVolumeFrom implements backend.ContentCreator.
+func (p *Pool) CreateVolumeFrom(ctx context.Context, id string, spec backend.Spec, src backend.ContentSource, commit func(backend.Volume) error) (backend.Volume, error) {
+	if spec.AccessType != backend.AccessMount {
+		return backend.Volume{}, fmt.Errorf("dir pool serves filesystem volumes only, not %s: %w", spec.AccessType, errdefs.ErrInvalidArgument)
+	}
+	from, err := p.contentPath(src)
+	if err != nil {
+		return backend.Volume{}, err
+	}
+	v := backend.Volume{ID: id, CapacityBytes: spec.CapacityBytes}
+	err = p.volumes.Create(ctx, id, func(ctx context.Context, tmp string) error {
+		// The copy keeps the root's mode and owner, as fsGroup left them.
+		if _, err := fileclone.CloneTree(ctx, from, tmp); err != nil {
+			return err
+		}
+		return p.prepareVolumeDir(ctx, id, tmp, spec.CapacityBytes)
+	}, func() error { return commit(v) })
+	if err != nil {
+		return backend.Volume{}, fmt.Errorf("create volume %s from %+v: %w", id, src, err)
+	}
+	return v, nil
+}
+
+func (p *Pool) contentPath(src backend.ContentSource) (string, error) {
+	var path, what string
+	switch {
+	case src.SnapshotID != "":
+		path, what = p.snapshots.Entry(src.SnapshotID), "snapshot "+src.SnapshotID
+	case src.VolumeID != "":
+		path, what = p.volumes.Entry(src.VolumeID), "volume "+src.VolumeID
+	default:
+		return "", fmt.Errorf("empty content source: %w", errdefs.ErrInvalidArgument)
+	}
+	st, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("%s in pool %s: %w", what, p.root, errdefs.ErrNotFound)
+	}
+	if err != nil {
+		return "", err
+	}
+	if !st.IsDir() {
+		return "", fmt.Errorf("%s: %s is not a directory", what, path)
+	}
+	return path, nil
+}
+
+// treeSize is the bytes allocated under dir (what the snapshot costs).
+func treeSize(dir string) (int64, error) {
+	var total int64
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() {
+			fi, err := d.Info()
+			if err != nil {
+				return err
+			}
+			total += fi.Size()
+		}
+		return nil
+	})
+	return total, err
+}
