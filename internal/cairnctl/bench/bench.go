@@ -1,0 +1,429 @@
+// Package bench owns cairnctl's benchmark of a CSI driver, any CSI driver:
+// CreateVolume throughput and latency, sequential and with concurrent
+// callers; the full lifecycle a CO drives (create, controller publish,
+// stage, publish and back), adapted to the capabilities the driver
+// advertises; the time to snapshot, restore and clone a volume holding
+// data written through a real publish; and the driver's memory after
+// creating many volumes.
+//
+// Whatever the bench creates it takes back, in reverse order, even when a
+// call fails or the context is cancelled (Ctrl-C): see undoStack.
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/cairn-csi/cairn/internal/cairnctl/procinfo"
+)
+
+// Clients are the driver's services. Node may be served by another
+// process than Controller (a split deployment).
+type Clients struct {
+	Identity   csi.IdentityClient
+	Controller csi.ControllerClient
+	Node       csi.NodeClient
+}
+
+// Config is one bench run.
+type Config struct {
+	Volumes       int   // volumes per throughput phase
+	Concurrency   int   // callers in the concurrent phases (1 skips them)
+	LifecycleRuns int   // full lifecycles to time
+	CapacityBytes int64 // size of each volume
+	DataBytes     int64 // data written before snapshot, restore and clone (0 skips them)
+
+	Parameters map[string]string // CreateVolume parameters
+	Secrets    map[string]string // secrets for every call that takes them
+	AccessType string            // "mount" (default) or "block"
+	FsType     string
+	MountFlags []string
+
+	// WorkDir holds the staging and target paths; without it the lifecycle
+	// and data phases are skipped.
+	WorkDir string
+	// Prefix starts every volume and snapshot name (default
+	// "cairnctl-bench-<random>"), so that a run never collides with
+	// another run's, or with anything else.
+	Prefix string
+	// CallTimeout bounds each call (default 1m).
+	CallTimeout time.Duration
+
+	// DriverPID is the driver process to measure; 0 looks up the process
+	// listening on SocketPath. ProcRoot defaults to /proc.
+	DriverPID  int
+	SocketPath string
+	ProcRoot   string
+
+	// Progress, when set, gets a progress bar for long phases (a terminal).
+	Progress io.Writer
+}
+
+func (c Config) withDefaults() (Config, error) {
+	if c.Volumes <= 0 {
+		return c, errors.New("volumes must be positive")
+	}
+	if c.Concurrency <= 0 {
+		return c, errors.New("concurrency must be positive")
+	}
+	if c.LifecycleRuns < 0 || c.DataBytes < 0 || c.CapacityBytes < 0 {
+		return c, errors.New("lifecycle runs, data size and capacity must not be negative")
+	}
+	switch c.AccessType {
+	case "":
+		c.AccessType = "mount"
+	case "mount", "block":
+	default:
+		return c, fmt.Errorf("access type %q: want mount or block", c.AccessType)
+	}
+	if c.Prefix == "" {
+		b := make([]byte, 4)
+		rand.Read(b)
+		c.Prefix = "cairnctl-bench-" + hex.EncodeToString(b)
+	}
+	if c.CallTimeout <= 0 {
+		c.CallTimeout = time.Minute
+	}
+	if c.ProcRoot == "" {
+		c.ProcRoot = "/proc"
+	}
+	if c.WorkDir != "" {
+		abs, err := filepath.Abs(c.WorkDir)
+		if err != nil {
+			return c, err
+		}
+		c.WorkDir = abs
+	}
+	return c, nil
+}
+
+// Result is a bench run's report; it is also the --json-out document.
+type Result struct {
+	Driver          DriverInfo `json:"driver"`
+	Config          ConfigView `json:"config"`
+	StartedAt       time.Time  `json:"startedAt"`
+	DurationSeconds float64    `json:"durationSeconds"`
+	Phases          []Phase    `json:"phases"`
+	Skipped         []Skip     `json:"skipped"`
+	RSS             RSS        `json:"rss"`
+	Cleanup         Cleanup    `json:"cleanup"`
+	// Interrupted is true when the run was cancelled; Phases then holds
+	// what had finished.
+	Interrupted bool `json:"interrupted"`
+}
+
+// DriverInfo is what the driver said about itself.
+type DriverInfo struct {
+	Name                   string   `json:"name"`
+	VendorVersion          string   `json:"vendorVersion"`
+	NodeID                 string   `json:"nodeId,omitempty"`
+	ControllerCapabilities []string `json:"controllerCapabilities"`
+	NodeCapabilities       []string `json:"nodeCapabilities"`
+}
+
+// ConfigView is the run's configuration as reported.
+type ConfigView struct {
+	Volumes       int    `json:"volumes"`
+	Concurrency   int    `json:"concurrency"`
+	LifecycleRuns int    `json:"lifecycleRuns"`
+	CapacityBytes int64  `json:"capacityBytes"`
+	DataBytes     int64  `json:"dataBytes"`
+	AccessType    string `json:"accessType"`
+	FsType        string `json:"fsType,omitempty"`
+	Prefix        string `json:"prefix"`
+	WorkDir       string `json:"workDir,omitempty"`
+}
+
+// Phase is one measured phase.
+type Phase struct {
+	Name string `json:"name"`
+	// Ops counts successful calls; Errors failed ones.
+	Ops          int     `json:"ops"`
+	Errors       int     `json:"errors"`
+	Concurrency  int     `json:"concurrency"`
+	TotalSeconds float64 `json:"totalSeconds"`
+	OpsPerSecond float64 `json:"opsPerSecond"`
+	Latency      Latency `json:"latency"`
+	// Bytes is the data the phase wrote, read or copied.
+	Bytes          int64   `json:"bytes,omitempty"`
+	BytesPerSecond float64 `json:"bytesPerSecond,omitempty"`
+	// Verified is set for restore and clone: whether the new volume held
+	// exactly the source's data.
+	Verified   *bool  `json:"verified,omitempty"`
+	Note       string `json:"note,omitempty"`
+	FirstError string `json:"firstError,omitempty"`
+}
+
+// Skip is a phase the bench did not run, and why.
+type Skip struct {
+	Phase  string `json:"phase"`
+	Reason string `json:"reason"`
+}
+
+// RSS is the driver's resident memory before and after the sequential
+// create phase.
+type RSS struct {
+	Known       bool   `json:"known"`
+	PID         int    `json:"pid,omitempty"`
+	BeforeBytes int64  `json:"beforeBytes,omitempty"`
+	AfterBytes  int64  `json:"afterBytes,omitempty"`
+	Volumes     int    `json:"volumes,omitempty"` // volumes that existed at AfterBytes
+	Reason      string `json:"reason,omitempty"`  // why it is unknown
+}
+
+// Cleanup is what taking everything back took.
+type Cleanup struct {
+	Actions int      `json:"actions"`
+	Errors  []string `json:"errors"`
+}
+
+// Run runs the bench. It returns the result even when it fails or is
+// cancelled part-way (with what had been measured) and always after
+// cleaning up; the error is the reason it stopped early, if it did.
+func Run(ctx context.Context, cl Clients, cfg Config) (*Result, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	r := &runner{cl: cl, cfg: cfg, res: &Result{
+		StartedAt: time.Now().UTC(),
+		Phases:    []Phase{},
+		Skipped:   []Skip{},
+		Cleanup:   Cleanup{Errors: []string{}},
+		RSS:       RSS{Reason: "not measured: the bench stopped before the create phases"},
+		Config: ConfigView{Volumes: cfg.Volumes, Concurrency: cfg.Concurrency, LifecycleRuns: cfg.LifecycleRuns,
+			CapacityBytes: cfg.CapacityBytes, DataBytes: cfg.DataBytes, AccessType: cfg.AccessType, FsType: cfg.FsType,
+			Prefix: cfg.Prefix, WorkDir: cfg.WorkDir},
+	}}
+	start := time.Now()
+	runErr := r.run(ctx)
+
+	// Clean up even after Ctrl-C: with a context of its own, since ctx is
+	// cancelled, but bounded so that a hung driver cannot hold us forever.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout(cfg))
+	defer cancel()
+	n, errs := r.undo.unwindTo(cctx, 0)
+	r.res.Cleanup.Actions += n
+	for _, e := range errs {
+		r.res.Cleanup.Errors = append(r.res.Cleanup.Errors, e.Error())
+	}
+	r.res.DurationSeconds = time.Since(start).Seconds()
+	if ctx.Err() != nil {
+		r.res.Interrupted = true
+		if runErr == nil {
+			runErr = ctx.Err()
+		}
+	}
+	return r.res, runErr
+}
+
+// cleanupTimeout allows every call of the largest phase to take a while.
+func cleanupTimeout(cfg Config) time.Duration {
+	return max(5*time.Minute, 4*cfg.CallTimeout)
+}
+
+// OK reports whether every call succeeded and the cleanup left nothing.
+func (r *Result) OK() bool {
+	for _, p := range r.Phases {
+		if p.Errors > 0 || (p.Verified != nil && !*p.Verified) {
+			return false
+		}
+	}
+	return len(r.Cleanup.Errors) == 0 && !r.Interrupted
+}
+
+type runner struct {
+	cl   Clients
+	cfg  Config
+	res  *Result
+	undo undoStack
+
+	ctlCaps      map[csi.ControllerServiceCapability_RPC_Type]bool
+	nodeCaps     map[csi.NodeServiceCapability_RPC_Type]bool
+	nodeServed   bool
+	nodeID       string
+	nodeTopology *csi.Topology
+	topoAware    bool // VOLUME_ACCESSIBILITY_CONSTRAINTS
+}
+
+func (r *runner) run(ctx context.Context) error {
+	if err := r.discover(ctx); err != nil {
+		return err
+	}
+	steps := []func(context.Context) error{r.throughputPhases, r.lifecyclePhase, r.dataPhases}
+	for _, step := range steps {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := step(ctx); err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
+}
+
+// discover learns what the driver serves. Controller CREATE_DELETE_VOLUME
+// is required; everything else only decides which phases run.
+func (r *runner) discover(ctx context.Context) error {
+	pi, err := callRPC(ctx, r, r.cl.Identity.GetPluginInfo, &csi.GetPluginInfoRequest{})
+	if err != nil {
+		return fmt.Errorf("GetPluginInfo: %w", err)
+	}
+	r.res.Driver.Name, r.res.Driver.VendorVersion = pi.GetName(), pi.GetVendorVersion()
+	pc, err := callRPC(ctx, r, r.cl.Identity.GetPluginCapabilities, &csi.GetPluginCapabilitiesRequest{})
+	if err != nil {
+		return fmt.Errorf("GetPluginCapabilities: %w", err)
+	}
+	for _, c := range pc.GetCapabilities() {
+		if c.GetService().GetType() == csi.PluginCapability_Service_VOLUME_ACCESSIBILITY_CONSTRAINTS {
+			r.topoAware = true
+		}
+	}
+	cc, err := callRPC(ctx, r, r.cl.Controller.ControllerGetCapabilities, &csi.ControllerGetCapabilitiesRequest{})
+	if err != nil {
+		return fmt.Errorf("ControllerGetCapabilities (the bench needs the controller service): %w", err)
+	}
+	r.ctlCaps = map[csi.ControllerServiceCapability_RPC_Type]bool{}
+	r.res.Driver.ControllerCapabilities = []string{}
+	for _, c := range cc.GetCapabilities() {
+		r.ctlCaps[c.GetRpc().GetType()] = true
+		r.res.Driver.ControllerCapabilities = append(r.res.Driver.ControllerCapabilities, c.GetRpc().GetType().String())
+	}
+	sort.Strings(r.res.Driver.ControllerCapabilities)
+	if !r.ctlCaps[csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME] {
+		return errors.New("the driver does not advertise CREATE_DELETE_VOLUME: there is nothing to benchmark")
+	}
+	r.nodeCaps = map[csi.NodeServiceCapability_RPC_Type]bool{}
+	r.res.Driver.NodeCapabilities = []string{}
+	nc, err := callRPC(ctx, r, r.cl.Node.NodeGetCapabilities, &csi.NodeGetCapabilitiesRequest{})
+	switch {
+	case status.Code(err) == codes.Unimplemented:
+		return nil // a controller-only endpoint: the node phases are skipped
+	case err != nil:
+		return fmt.Errorf("NodeGetCapabilities: %w", err)
+	}
+	r.nodeServed = true
+	for _, c := range nc.GetCapabilities() {
+		r.nodeCaps[c.GetRpc().GetType()] = true
+		r.res.Driver.NodeCapabilities = append(r.res.Driver.NodeCapabilities, c.GetRpc().GetType().String())
+	}
+	sort.Strings(r.res.Driver.NodeCapabilities)
+	ni, err := callRPC(ctx, r, r.cl.Node.NodeGetInfo, &csi.NodeGetInfoRequest{})
+	if err != nil {
+		return fmt.Errorf("NodeGetInfo: %w", err)
+	}
+	r.nodeID, r.nodeTopology = ni.GetNodeId(), ni.GetAccessibleTopology()
+	r.res.Driver.NodeID = r.nodeID
+	return nil
+}
+
+func (r *runner) skip(phase, reason string) {
+	r.res.Skipped = append(r.res.Skipped, Skip{Phase: phase, Reason: reason})
+}
+
+// callRPC makes one call with the per-call timeout.
+func callRPC[Req, Resp any](ctx context.Context, r *runner, fn func(context.Context, Req, ...grpc.CallOption) (Resp, error), req Req) (Resp, error) {
+	cctx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
+	defer cancel()
+	return fn(cctx, req)
+}
+
+// capability is the VolumeCapability every bench volume uses.
+func (r *runner) capability() *csi.VolumeCapability {
+	vc := &csi.VolumeCapability{AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
+	if r.cfg.AccessType == "block" {
+		vc.AccessType = &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}}
+	} else {
+		vc.AccessType = &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: r.cfg.FsType, MountFlags: r.cfg.MountFlags}}
+	}
+	return vc
+}
+
+// createRequest is a CreateVolume as a CO would send it for a pod on this
+// node: with the node's topology as requisite and preferred, when the
+// driver is topology-aware (a WaitForFirstConsumer StorageClass).
+func (r *runner) createRequest(name string, capacity int64, src *csi.VolumeContentSource) *csi.CreateVolumeRequest {
+	req := &csi.CreateVolumeRequest{
+		Name:                name,
+		VolumeCapabilities:  []*csi.VolumeCapability{r.capability()},
+		Parameters:          r.cfg.Parameters,
+		Secrets:             r.cfg.Secrets,
+		VolumeContentSource: src,
+	}
+	if capacity > 0 {
+		req.CapacityRange = &csi.CapacityRange{RequiredBytes: capacity}
+	}
+	if r.topoAware && r.nodeTopology != nil {
+		req.AccessibilityRequirements = &csi.TopologyRequirement{
+			Requisite: []*csi.Topology{r.nodeTopology}, Preferred: []*csi.Topology{r.nodeTopology}}
+	}
+	return req
+}
+
+// measureRSS reads the driver's RSS, finding the process first if needed.
+func (r *runner) measureRSS() (int64, error) {
+	if r.res.RSS.PID == 0 {
+		pid := r.cfg.DriverPID
+		if pid == 0 {
+			if r.cfg.SocketPath == "" {
+				return 0, errors.New("the endpoint is not a Unix socket; give --driver-pid")
+			}
+			pids, err := procinfo.SocketOwners(r.cfg.ProcRoot, r.cfg.SocketPath)
+			if err != nil {
+				return 0, err
+			}
+			pid = pids[0]
+		}
+		r.res.RSS.PID = pid
+	}
+	return procinfo.RSS(r.cfg.ProcRoot, r.res.RSS.PID)
+}
+
+// volumeDir is where one volume's staging and target paths live.
+func (r *runner) volumeDir(name string) string {
+	return filepath.Join(r.cfg.WorkDir, r.cfg.Prefix, name)
+}
+
+// makeDir creates dir (and the bench's own parents) and pushes its
+// removal. Removal is os.Remove, never RemoveAll: if anything is left in
+// it (a mount the driver failed to take down), it stays for a human.
+func (r *runner) makeDir(dir string) error {
+	var missing []string
+	for d := dir; d != r.cfg.WorkDir && d != "/" && d != "."; d = filepath.Dir(d) {
+		if _, err := os.Lstat(d); err == nil {
+			break
+		}
+		missing = append(missing, d)
+	}
+	slices.Reverse(missing)
+	for _, d := range missing {
+		r.undo.push("remove "+d, func(context.Context) error { return removeIfExists(d) })
+		if err := os.Mkdir(d, 0o750); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// removeIfExists removes an empty directory or a file; a missing one is
+// fine.
+func removeIfExists(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}

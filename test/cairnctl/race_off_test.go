@@ -1,0 +1,5 @@
+//go:build !race
+
+package cairnctl
+
+const raceEnabled = false
