@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"k8s.io/klog/v2"
 	mount "k8s.io/mount-utils"
 	utilexec "k8s.io/utils/exec"
 
@@ -144,6 +145,9 @@ func Main(args []string) int {
 		fmt.Fprintln(os.Stderr, "cairn:", err)
 		return 2
 	}
+	// mount-utils logs through klog; send that into the same slog handler so
+	// --log-format json stays parseable.
+	klog.SetSlogLogger(log)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := Run(ctx, c, log); err != nil {
