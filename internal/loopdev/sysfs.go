@@ -55,12 +55,12 @@ func List(ctx context.Context) ([]Device, error) {
 // FindByBackingFile returns the attached loop devices whose backing file is
 // path, so that a retried attach can reuse a device instead of adding one.
 //
-// While path exists, devices match by the device and inode numbers the
-// kernel holds for their backing file, which sees through symlinks, bind
-// mounts and renames, and does not match a deleted file that a new one has
-// since replaced at the same path. Devices whose numbers cannot be read, and
-// every device once path no longer exists, match by the path string; this
-// is how devices left on a deleted image are found (Deleted is set).
+// While path exists, a device matches when the file the kernel reports for
+// it (sysfs backing_file, which follows renames) is the same inode as path,
+// which sees through symlinks and bind mounts; a device whose backing file
+// was unlinked never matches a file that exists. Once path is gone, devices
+// match by the path string, which is how devices left on a deleted image
+// are found (Deleted is set).
 func FindByBackingFile(ctx context.Context, path string) ([]Device, error) {
 	want, err := filepath.Abs(path)
 	if err != nil {
@@ -79,48 +79,28 @@ func FindByBackingFile(ctx context.Context, path string) ([]Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loopdev: find %s: %w", want, err)
 	}
+	// Matching never opens a loop device: an open, however brief, can make
+	// another process's detach of that device fail with EBUSY.
 	var found []Device
 	for _, d := range devs {
 		if haveID {
-			dev, ino, err := backingID(d)
-			switch {
-			case errors.Is(err, unix.ENXIO):
-				continue // detached since List
-			case err == nil:
-				if dev == uint64(st.Dev) && ino == st.Ino {
-					found = append(found, d)
-				}
+			// Our file exists, so a device whose backing file was
+			// unlinked is not bound to it; a live one must be the same
+			// inode, whatever path the kernel printed.
+			if d.Deleted {
 				continue
-			case !d.Deleted:
-				var bst unix.Stat_t
-				if unix.Stat(d.BackingFile, &bst) == nil {
-					if bst.Dev == st.Dev && bst.Ino == st.Ino {
-						found = append(found, d)
-					}
-					continue
-				}
 			}
+			var bst unix.Stat_t
+			if unix.Stat(d.BackingFile, &bst) == nil && bst.Dev == st.Dev && bst.Ino == st.Ino {
+				found = append(found, d)
+			}
+			continue
 		}
 		if d.BackingFile == want || d.BackingFile == wantResolved {
 			found = append(found, d)
 		}
 	}
 	return found, nil
-}
-
-// backingID returns the device and inode numbers of d's backing file, as
-// the kernel recorded them at attach time.
-func backingID(d Device) (dev, ino uint64, err error) {
-	fd, _, err := openLoop(d.Path)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer unix.Close(fd)
-	info, err := unix.IoctlLoopGetStatus64(fd)
-	if err != nil {
-		return 0, 0, fmt.Errorf("%s: LOOP_GET_STATUS64: %w", d.Path, err)
-	}
-	return info.Device, info.Inode, nil
 }
 
 // readDevice reads loopN's state from sysfs; ok is false when it has no
@@ -141,8 +121,10 @@ func readDevice(n int) (d Device, ok bool, err error) {
 		{"ro", &d.ReadOnly},
 	} {
 		v, err := readFlag(filepath.Join(dir, f.file))
-		if errors.Is(err, fs.ErrNotExist) {
-			return Device{}, false, nil // detached while we read
+		// Detached while we read: the files go (ENOENT), or a device
+		// being torn down answers ENODEV or ENXIO.
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENXIO) {
+			return Device{}, false, nil
 		}
 		if err != nil {
 			return Device{}, false, err
@@ -156,9 +138,9 @@ func readDevice(n int) (d Device, ok bool, err error) {
 // directory is dir. bound is false when the device has none.
 func readBackingFile(dir string) (path string, deleted, bound bool, err error) {
 	b, err := os.ReadFile(filepath.Join(dir, "loop", "backing_file"))
-	// The loop/ directory exists only while a file is bound; ENXIO comes
-	// from a device being torn down.
-	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENXIO) {
+	// The loop/ directory exists only while a file is bound; ENXIO and
+	// ENODEV come from a device being torn down.
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENXIO) || errors.Is(err, unix.ENODEV) {
 		return "", false, false, nil
 	}
 	if err != nil {
