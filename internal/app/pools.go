@@ -11,6 +11,7 @@ import (
 
 	"github.com/cairn-csi/cairn/internal/backend"
 	"github.com/cairn-csi/cairn/internal/backend/dirpool"
+	"github.com/cairn-csi/cairn/internal/backend/imagepool"
 	"github.com/cairn-csi/cairn/internal/driver"
 	"github.com/cairn-csi/cairn/internal/loopdev"
 )
@@ -58,7 +59,10 @@ func (p *poolFlags) Set(v string) error {
 // poolTypes maps each pool type to its constructor.
 var poolTypes = map[string]func(ctx context.Context, path string, log *slog.Logger) (backend.Backend, error){
 	dirpool.Type: func(ctx context.Context, path string, log *slog.Logger) (backend.Backend, error) {
-		return dirpool.New(ctx, path)
+		return dirpool.NewWithLogger(ctx, path, log)
+	},
+	imagepool.Type: func(ctx context.Context, path string, log *slog.Logger) (backend.Backend, error) {
+		return imagepool.New(ctx, path, log)
 	},
 }
 

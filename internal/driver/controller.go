@@ -195,7 +195,14 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest,
 	if r := req.GetCapacityRange().GetRequiredBytes(); r > 0 && r < srcSize {
 		return nil, fmt.Errorf("capacity_range.required_bytes %d is smaller than the source's %d bytes: %w", r, srcSize, errdefs.ErrOutOfRange)
 	}
-	want, limit, err := d.capacityFor(req.GetCapacityRange(), srcSize)
+	minBytes := srcSize
+	if fsMin := imageFsMinimum(pool, access, fsType); fsMin > 0 {
+		if lim := req.GetCapacityRange().GetLimitBytes(); lim > 0 && lim < fsMin {
+			return nil, fmt.Errorf("capacity_range.limit_bytes %d is below the %d bytes mkfs needs for %s in an image volume: %w", lim, fsMin, fsType, errdefs.ErrOutOfRange)
+		}
+		minBytes = max(minBytes, fsMin)
+	}
+	want, limit, err := d.capacityFor(req.GetCapacityRange(), minBytes)
 	if err != nil {
 		return nil, err
 	}
@@ -251,7 +258,18 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest,
 		if !ok {
 			return nil, fmt.Errorf("pool %s (%s) cannot create volumes from content: %w", poolName, pool.Type(), errdefs.ErrInvalidArgument)
 		}
+		// A clone of a staged image volume must be as consistent as a
+		// snapshot of it: freeze its filesystem for the copy.
+		thaw := func() error { return nil }
+		if src.VolumeID != "" {
+			if thaw, err = d.freezeForSnapshot(ctx, store.Volume{ID: src.VolumeID, Pool: poolName}); err != nil {
+				return nil, err
+			}
+		}
 		_, err = cc.CreateVolumeFrom(ctx, id, spec, src, commit)
+		if thawErr := thaw(); thawErr != nil {
+			d.log.Error("thaw after clone", "volume", src.VolumeID, "err", thawErr)
+		}
 	} else {
 		_, err = pool.CreateVolume(ctx, id, spec, commit)
 	}
@@ -620,8 +638,7 @@ func (d *Driver) ControllerExpandVolume(ctx context.Context, req *csi.Controller
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	// A filesystem inside an image must be grown where it is mounted.
-	nodeNeeded := v.AccessType == backend.AccessMount.String() && d.needsNodeExpansion(v)
+	nodeNeeded := d.needsNodeExpansion(ctx, v)
 	return &csi.ControllerExpandVolumeResponse{CapacityBytes: size, NodeExpansionRequired: nodeNeeded}, nil
 }
 
@@ -676,13 +693,34 @@ func (d *Driver) expand(ctx context.Context, id string, r *csi.CapacityRange) (s
 	return v, got, nil
 }
 
-func (d *Driver) needsNodeExpansion(v store.Volume) bool {
+// needsNodeExpansion is ControllerExpandVolume's node_expansion_required:
+// whether growing the backing storage is not yet visible to the workload,
+// so that the CO must call NodeExpandVolume on the node.
+//
+//   - Directory volumes: never; the new limit applies at once.
+//   - Image files, block and mount access alike: the kernel caches a loop
+//     device's size at attach time, so a staged device keeps its old size
+//     until NodeExpandVolume refreshes it (LOOP_SET_CAPACITY); for mount
+//     access it then grows the filesystem online. A volume that is not
+//     staged needs nothing (the next attach sees the new size, and stage
+//     grows the filesystem), which NodeExpandVolume handles as a no-op.
+//   - Block devices: for mount access only, to grow the filesystem.
+func (d *Driver) needsNodeExpansion(ctx context.Context, v store.Volume) bool {
 	pool, ok := d.pools[v.Pool]
 	if !ok {
 		return false
 	}
-	src, err := pool.Source(context.Background(), v.ID)
-	return err == nil && src.Kind != backend.SourceDirectory
+	src, err := pool.Source(ctx, v.ID)
+	if err != nil {
+		return false
+	}
+	switch src.Kind {
+	case backend.SourceImageFile:
+		return true
+	case backend.SourceBlockDevice:
+		return v.AccessType == backend.AccessMount.String()
+	}
+	return false
 }
 
 // CreateSnapshot implements csi.ControllerServer.

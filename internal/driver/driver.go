@@ -143,6 +143,7 @@ func (d *Driver) pool(name string) (string, backend.Backend, error) {
 // Start reconciles every pool against the store (controller side) and
 // marks the driver ready. It must run before serving.
 func (d *Driver) Start(ctx context.Context) error {
+	d.thawLeftovers(ctx)
 	if d.cfg.Mode.controller() {
 		if err := d.reconcileStore(ctx); err != nil {
 			return err

@@ -100,6 +100,21 @@ func (id mountIdentity) matches(mp string) bool {
 	return slices.Contains(id.rdevs, st.Dev)
 }
 
+// matchesMount is matches for a mountinfo entry. A btrfs filesystem on a
+// loop device reports an anonymous st_dev (one per subvolume), not the
+// device's number, so for device sources the entry's mount source (the
+// device node mount(2) was given) is checked as well.
+func (id mountIdentity) matchesMount(mi mount.MountInfo) bool {
+	if id.matches(mi.MountPoint) {
+		return true
+	}
+	if id.ino != 0 || !strings.HasPrefix(mi.Source, "/dev/") {
+		return false
+	}
+	st, err := statT(mi.Source)
+	return err == nil && st.Mode&unix.S_IFMT == unix.S_IFBLK && slices.Contains(id.rdevs, st.Rdev)
+}
+
 func (id mountIdentity) empty() bool { return id.ino == 0 && len(id.rdevs) == 0 }
 
 // mountsOf lists the mount points of a volume on this node.
@@ -108,13 +123,18 @@ func (d *Driver) mountsOf(ctx context.Context, src backend.Source) ([]string, er
 	if err != nil || id.empty() {
 		return nil, err
 	}
+	return mountPointsOf(id)
+}
+
+// mountPointsOf lists the mount points that match id.
+func mountPointsOf(id mountIdentity) ([]string, error) {
 	infos, err := mount.ParseMountInfo("/proc/self/mountinfo")
 	if err != nil {
 		return nil, err
 	}
 	var out []string
 	for _, mi := range infos {
-		if id.matches(mi.MountPoint) && !slices.Contains(out, mi.MountPoint) {
+		if id.matchesMount(mi) && !slices.Contains(out, mi.MountPoint) {
 			out = append(out, mi.MountPoint)
 		}
 	}
@@ -150,14 +170,16 @@ func (d *Driver) inspect(path string, id mountIdentity) (mountState, error) {
 		return s, err
 	}
 	// The last entry for a path is the one on top.
+	var top mount.MountInfo
 	for _, mi := range infos {
 		if mi.MountPoint == path {
 			s.mounted = true
 			s.readOnly = slices.Contains(mi.MountOptions, "ro")
+			top = mi
 		}
 	}
 	if s.mounted {
-		s.ours = id.matches(path)
+		s.ours = id.matchesMount(top)
 	}
 	return s, nil
 }

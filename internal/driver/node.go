@@ -92,7 +92,7 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	return &csi.NodeStageVolumeResponse{}, toStatus(d.nodeStage(ctx, req))
 }
 
-func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest) error {
+func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest) (retErr error) {
 	if err := requireID("volume_id", req.GetVolumeId()); err != nil {
 		return err
 	}
@@ -143,6 +143,17 @@ func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 				return fmt.Errorf("attach %s: %w", nv.src.Path, err)
 			}
 			d.log.Info("loop device attached", "volume", nv.id, "device", dev)
+			// A stage that fails after this point must not leave the device
+			// behind: a CO need not call NodeUnstageVolume after a failed
+			// NodeStageVolume.
+			defer func() {
+				if retErr == nil {
+					return
+				}
+				if err := d.cfg.Loop.Detach(context.WithoutCancel(ctx), dev); err != nil {
+					d.log.Error("detach after a failed stage", "volume", nv.id, "device", dev, "err", err)
+				}
+			}()
 		}
 		if nv.block(req.GetVolumeCapability()) {
 			return nil // publish bind-mounts the device itself
@@ -179,8 +190,15 @@ func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 		if err := checkFsType("volume_capability.mount.fs_type", fsType); err != nil {
 			return err
 		}
-		if err := d.mounter.FormatAndMountSensitiveWithFormatOptions(devs[0], staging, fsType, m.GetMountFlags(), nil, nv.mkfs); err != nil {
+		opts := imageMountOptions(fsType, m.GetMountFlags())
+		if err := d.mounter.FormatAndMountSensitiveWithFormatOptions(devs[0], staging, fsType, opts, nil, nv.mkfs); err != nil {
 			return fmt.Errorf("format and mount %s at %s: %w", devs[0], staging, err)
+		}
+		if err := d.growStaged(ctx, nv, devs[0], staging, opts); err != nil {
+			if uerr := d.mounter.Unmount(staging); uerr != nil {
+				err = errors.Join(err, fmt.Errorf("unmount %s again: %w", staging, uerr))
+			}
+			return err
 		}
 	default:
 		return fmt.Errorf("source kind %s cannot be staged: %w", nv.src.Kind, errdefs.ErrFailedPrecondition)
@@ -213,11 +231,18 @@ func (d *Driver) nodeUnstage(ctx context.Context, req *csi.NodeUnstageVolumeRequ
 		return err
 	}
 	nv, err := d.findVolume(ctx, req.GetVolumeId(), nil)
-	if err == nil && nv.src.Kind == backend.SourceImageFile && d.cfg.Loop != nil {
+	switch {
+	case err == nil && nv.src.Kind == backend.SourceImageFile && d.cfg.Loop != nil:
 		if err := d.detachUnused(ctx, nv); err != nil {
 			return err
 		}
-	} else if err != nil && !errdefs.Is(err, errdefs.ErrNotFound) {
+	case errdefs.Is(err, errdefs.ErrNotFound) && d.cfg.Loop != nil:
+		// Deleted while staged: its image is unlinked but may still be
+		// attached, and this is the last call the node gets for it.
+		if err := d.detachDeletedImage(ctx, req.GetVolumeId()); err != nil {
+			return err
+		}
+	case err != nil && !errdefs.Is(err, errdefs.ErrNotFound):
 		return err
 	}
 	if n > 0 {
@@ -509,6 +534,9 @@ func (d *Driver) usageAt(ctx context.Context, nv nodeVolume, path string) (backe
 			}
 			return backend.Usage{TotalBytes: img.Size()}, nil
 		}
+		// The workload sees the filesystem inside the image; the pool's
+		// Usage describes the image file (its allocated blocks).
+		return statfsUsage(path)
 	}
 	return nv.b.Usage(ctx, nv.id)
 }
@@ -575,6 +603,11 @@ func (d *Driver) nodeExpand(ctx context.Context, req *csi.NodeExpandVolumeReques
 
 // growImageOnNode refreshes the loop device's size and grows a mounted
 // filesystem online.
+//
+// Only a filesystem this driver mounted at path is grown. For block access
+// the device size is all there is: path is then the device's bind mount
+// or a plain directory (Kubernetes passes one), and a filesystem the
+// workload made on its raw device is the workload's to grow, or not.
 func (d *Driver) growImageOnNode(ctx context.Context, nv nodeVolume, path string) error {
 	devs, err := d.cfg.Loop.Find(ctx, nv.src.Path)
 	if err != nil {
@@ -588,9 +621,19 @@ func (d *Driver) growImageOnNode(ctx context.Context, nv nodeVolume, path string
 	if len(devs) == 0 {
 		return nil // not attached: the next stage sees the new size
 	}
-	fi, err := os.Stat(path)
-	if err != nil || !fi.IsDir() {
-		return err // block access: the device size is all there is
+	if nv.rec != nil && nv.rec.AccessType == backend.AccessBlock.String() {
+		return nil
+	}
+	id, err := d.identityOf(ctx, nv.src)
+	if err != nil {
+		return err
+	}
+	st, err := d.inspect(path, id)
+	if err != nil {
+		return err
+	}
+	if fi, err := os.Stat(path); err != nil || !fi.IsDir() || !st.mounted || !st.ours {
+		return nil
 	}
 	return d.resizeFS(ctx, devs[0], path)
 }

@@ -37,6 +37,19 @@ type target struct {
 var targets = []target{
 	{name: "dir/all", pools: func(root string) []string { return []string{"default=dir:" + root} }},
 	{name: "dir/split", split: true, pools: func(root string) []string { return []string{"default=dir:" + root} }},
+	// Image pools: each volume a sparse file on a loop device, formatted ext4
+	// (the default) for mount access. The mount and split targets keep the
+	// images on ext4 (snapshots are sparse copies), the block target on btrfs
+	// (snapshots are reflinks).
+	{name: "image/mount", fs: "ext4", needs: []string{"mkfs.ext4"}, pools: func(root string) []string { return []string{"default=image:" + root} }},
+	{name: "image/block", fs: "btrfs", block: true, needs: []string{"mkfs.btrfs"}, pools: func(root string) []string { return []string{"default=image:" + root} }},
+	{name: "image/split", fs: "ext4", split: true, needs: []string{"mkfs.ext4"}, pools: func(root string) []string { return []string{"default=image:" + root} }},
+	// btrfs pool: subvolumes with qgroup limits; snapshots, restores and
+	// clones are subvolume snapshots.
+	{name: "btrfs/all", fs: "btrfs", needs: []string{"mkfs.btrfs"}, pools: func(root string) []string { return []string{"default=btrfs:" + root} }},
+	// The dir pool on a real filesystem, so that snapshots, restores and
+	// clones are tree copies on ext4 (sparse copies, no reflink).
+	{name: "dir/ext4", fs: "ext4", needs: []string{"mkfs.ext4"}, pools: func(root string) []string { return []string{"default=dir:" + root} }},
 }
 
 // allowedSkips are the reasons a spec may be skipped: each names a

@@ -2,12 +2,19 @@
 // the pool's path, bind-mounted by the node layer. It needs nothing but a
 // directory, which makes it Cairn's embedded default.
 //
+// Volume sizes are enforced only where the filesystem has project quota
+// (ext4 or XFS mounted with prjquota): each volume directory then gets a
+// project ID and a hard limit (see quota.go). Elsewhere a volume can use
+// the whole filesystem; Capacity says so (Enforced false), and the driver
+// warns at start, in Probe's log line and in each volume's context.
+//
 // Layout under the pool path:
 //
 //	volumes/<id>        a volume's data
-//	volumes/new-<id>    being created
+//	volumes/new-<id>    being created (new-<id>.prj: its copy, being made)
 //	volumes/rm-<id>     being removed
 //	snapshots/<id>      a snapshot's data (read-only copy)
+//	.cairn-projid       the next project ID to try (project quota only)
 package dirpool
 
 import (
@@ -25,6 +32,7 @@ import (
 	"github.com/cairn-csi/cairn/internal/backend"
 	"github.com/cairn-csi/cairn/internal/backend/staging"
 	"github.com/cairn-csi/cairn/internal/errdefs"
+	"github.com/cairn-csi/cairn/internal/projquota"
 )
 
 // Type is the pool type name.
@@ -36,6 +44,9 @@ type Pool struct {
 	volumes   staging.Dir
 	snapshots staging.Dir
 	log       *slog.Logger
+	// quota is set when the filesystem enforces project quota: volume
+	// directories then get project IDs and limits.
+	quota bool
 }
 
 var _ backend.Backend = (*Pool)(nil)
@@ -50,16 +61,23 @@ func NewWithLogger(ctx context.Context, root string, log *slog.Logger) (*Pool, e
 	if !filepath.IsAbs(root) {
 		return nil, fmt.Errorf("dir pool path %q must be absolute: %w", root, errdefs.ErrInvalidArgument)
 	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	p := &Pool{
 		root:      filepath.Clean(root),
-		volumes:   staging.Dir{Path: filepath.Join(root, "volumes"), Remove: staging.RemoveAll},
+		volumes:   staging.Dir{Path: filepath.Join(root, "volumes")},
 		snapshots: staging.Dir{Path: filepath.Join(root, "snapshots"), Remove: staging.RemoveAll},
 		log:       log,
 	}
+	p.volumes.Remove = p.removeVolumeDir
 	for _, d := range []string{p.volumes.Path, p.snapshots.Path} {
 		if err := os.MkdirAll(d, 0o711); err != nil {
 			return nil, fmt.Errorf("dir pool %s: %w", root, err)
 		}
+	}
+	if err := p.initQuota(ctx); err != nil {
+		return nil, err
 	}
 	return p, nil
 }
@@ -84,6 +102,7 @@ func (p *Pool) Check(ctx context.Context) error {
 }
 
 // Capacity implements backend.Backend from the filesystem's free space.
+// Limits reserve nothing, so it is the same for every volume size.
 func (p *Pool) Capacity(ctx context.Context) (backend.Capacity, error) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(p.root, &st); err != nil {
@@ -95,7 +114,7 @@ func (p *Pool) Capacity(ctx context.Context) (backend.Capacity, error) {
 		TotalBytes:     int64(st.Blocks) * bs,
 		AvailableBytes: avail,
 		MaxVolumeBytes: avail,
-		Enforced:       false,
+		Enforced:       p.quota,
 	}, nil
 }
 
@@ -141,18 +160,31 @@ func (p *Pool) Source(ctx context.Context, id string) (backend.Source, error) {
 	return backend.Source{Kind: backend.SourceDirectory, Path: path}, nil
 }
 
-// Usage implements backend.Backend. Without quota, a directory's limit is
-// the filesystem's, so the figures are the filesystem's.
+// Usage implements backend.Backend. With project quota the figures are the
+// volume's project against its limit; without, a directory's limit is the
+// filesystem's, so the figures are the filesystem's.
 func (p *Pool) Usage(ctx context.Context, id string) (backend.Usage, error) {
 	src, err := p.Source(ctx, id)
 	if err != nil {
 		return backend.Usage{}, err
 	}
+	proj, err := p.project(ctx, src.Path)
+	if err != nil {
+		return backend.Usage{}, fmt.Errorf("volume %s: %w", id, err)
+	}
+	if proj != 0 {
+		u, err := p.quotaUsage(ctx, src.Path, proj)
+		if err != nil {
+			return backend.Usage{}, fmt.Errorf("volume %s: %w", id, err)
+		}
+		return u, nil
+	}
 	return StatfsUsage(src.Path)
 }
 
-// ExpandVolume implements backend.Expander. Without enforcement there is no
-// limit to raise: only the recorded size grows.
+// ExpandVolume implements backend.Expander: the limit, where there is one,
+// then the recorded size grow. The limit applies to the next write, so
+// nothing needs doing on the node.
 func (p *Pool) ExpandVolume(ctx context.Context, id string, newBytes int64) (int64, error) {
 	src, err := p.Source(ctx, id)
 	if err != nil {
@@ -165,15 +197,29 @@ func (p *Pool) ExpandVolume(ctx context.Context, id string, newBytes int64) (int
 	if newBytes <= cur {
 		return cur, nil
 	}
+	proj, err := p.project(ctx, src.Path)
+	if err != nil {
+		return 0, fmt.Errorf("volume %s: %w", id, err)
+	}
+	if proj != 0 {
+		if err := projquota.SetLimit(ctx, p.volumes.Path, proj, uint64(newBytes)); err != nil {
+			return 0, fmt.Errorf("expand volume %s: %w", id, err)
+		}
+	}
 	if err := setRecordedCapacity(src.Path, newBytes); err != nil {
 		return 0, fmt.Errorf("volume %s: %w", id, err)
 	}
 	return newBytes, nil
 }
 
-// prepareVolumeDir gives a new volume directory its recorded size (and,
-// where the filesystem enforces it, its limit).
+// prepareVolumeDir gives a new, empty volume directory its recorded size
+// and, where the filesystem enforces it, its project and limit.
 func (p *Pool) prepareVolumeDir(ctx context.Context, id, dir string, capacity int64) error {
+	if p.quota {
+		if _, err := p.limitNewDir(ctx, dir, capacity); err != nil {
+			return err
+		}
+	}
 	return setRecordedCapacity(dir, capacity)
 }
 

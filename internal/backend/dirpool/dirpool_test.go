@@ -11,7 +11,8 @@ import (
 	"github.com/cairn-csi/cairn/internal/testfs"
 )
 
-func newPool(t *testing.T, root string) backend.Backend {
+func newPool(t *testing.T, root string) *dirpool.Pool {
+	t.Helper()
 	p, err := dirpool.New(context.Background(), root)
 	if err != nil {
 		t.Fatal(err)
@@ -20,7 +21,9 @@ func newPool(t *testing.T, root string) backend.Backend {
 }
 
 // TestSuite runs the shared backend suite on a plain directory and, as
-// root, on ext4 without quota and on ext4 with project quota.
+// root, on throwaway filesystems: ext4 without quota (sparse copies), ext4
+// and XFS with project quota (sizes enforced; both skip on kernels built
+// without quota support), and btrfs (reflink copies).
 func TestSuite(t *testing.T) {
 	t.Run("tmpdir", func(t *testing.T) {
 		backendtest.Run(t, func(t *testing.T) (backend.Backend, string) {
@@ -28,15 +31,28 @@ func TestSuite(t *testing.T) {
 			return newPool(t, root), root
 		})
 	})
-	for _, fs := range []string{"ext4", "ext4-prjquota"} {
-		t.Run(fs, func(t *testing.T) {
+	for _, tc := range []struct {
+		fs       string
+		enforced bool
+	}{
+		{"ext4", false},
+		{"ext4-prjquota", true},
+		{"xfs", true}, // testfs mounts "xfs" with prjquota
+		{"btrfs", false},
+	} {
+		t.Run(tc.fs, func(t *testing.T) {
 			testfs.RequireRoot(t)
-			mnt := testfs.New(t, fs, 256<<20)
+			mnt := testfs.New(t, tc.fs, 512<<20)
 			n := 0
 			backendtest.Run(t, func(t *testing.T) (backend.Backend, string) {
 				n++
 				root := filepath.Join(mnt, "pool", string(rune('a'+n)))
-				return newPool(t, root), root
+				p := newPool(t, root)
+				// Otherwise the quota runs would pass without quota.
+				if c, err := p.Capacity(context.Background()); err != nil || c.Enforced != tc.enforced {
+					t.Fatalf("dir pool on %s: Capacity = %+v, %v; want Enforced %t", tc.fs, c, err, tc.enforced)
+				}
+				return p, root
 			})
 		})
 	}

@@ -80,6 +80,12 @@ func (p *Pool) CreateVolumeFrom(ctx context.Context, id string, spec backend.Spe
 	v := backend.Volume{ID: id, CapacityBytes: spec.CapacityBytes}
 	err = p.volumes.Create(ctx, id, func(ctx context.Context, tmp string) error {
 		// The copy keeps the root's mode and owner, as fsGroup left them.
+		if p.quota {
+			if _, err := p.cloneLimited(ctx, from, tmp, spec.CapacityBytes); err != nil {
+				return err
+			}
+			return setRecordedCapacity(tmp, spec.CapacityBytes)
+		}
 		if _, err := fileclone.CloneTree(ctx, from, tmp); err != nil {
 			return err
 		}

@@ -136,8 +136,9 @@ type Result struct {
 }
 
 // Reconcile removes staged leftovers and entries not in known, and lists
-// known IDs that have no entry. Only names directly under d.Path are
-// considered; nothing outside it is touched.
+// known IDs that have no entry. An rm-<id> whose ID is known is a delete
+// that died before its commit; it is renamed back to <id>. Only names
+// directly under d.Path are considered; nothing outside it is touched.
 func (d Dir) Reconcile(ctx context.Context, known map[string]bool) (Result, error) {
 	var res Result
 	entries, err := os.ReadDir(d.Path)
@@ -155,6 +156,21 @@ func (d Dir) Reconcile(ctx context.Context, known map[string]bool) (Result, erro
 			continue
 		}
 		p := filepath.Join(d.Path, name)
+		// rm-<id> of an ID the store still knows is a delete that died
+		// before its commit: the store is the truth, so undo the rename.
+		if id, ok := strings.CutPrefix(name, RmPrefix); ok && known[id] {
+			if _, err := os.Lstat(d.Entry(id)); errors.Is(err, fs.ErrNotExist) {
+				if err := os.Rename(p, d.Entry(id)); err != nil {
+					res.Errors = append(res.Errors, fmt.Sprintf("%s: roll back uncommitted delete: %v", p, err))
+					continue
+				}
+				if err := syncDir(d.Path); err != nil {
+					res.Errors = append(res.Errors, err.Error())
+				}
+				present[id] = true
+				continue
+			}
+		}
 		if err := d.Remove(ctx, p); err != nil {
 			res.Errors = append(res.Errors, fmt.Sprintf("%s: %v", p, err))
 			continue

@@ -1,0 +1,508 @@
+//go:build linux
+
+package imagepool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cairn-csi/cairn/internal/backend"
+	"github.com/cairn-csi/cairn/internal/backend/staging"
+	"github.com/cairn-csi/cairn/internal/errdefs"
+	"github.com/cairn-csi/cairn/internal/fileclone"
+)
+
+// Type is the pool type name.
+const Type = "image"
+
+const (
+	// Granularity is what every image size is rounded up to: whole MiB
+	// keep partitions and filesystem geometry aligned, and make sizes read
+	// well in kubectl.
+	Granularity = 1 << 20
+
+	volumeMode   = 0o600 // only root (the node plugin) reads images
+	snapshotMode = 0o400 // a snapshot is never written after it is made
+)
+
+// sourceXattrs record on a snapshot which volume it was taken of, so that
+// a retried CreateSnapshot can tell its own snapshot from another's.
+// trusted.* needs root and is invisible to workloads; user.* is the
+// fallback for unprivileged runs (tests). Where neither can be set, the
+// record is simply absent and the check is skipped.
+var sourceXattrs = []string{"trusted.cairn.volume", "user.cairn.volume"}
+
+// Pool is an image pool.
+type Pool struct {
+	root      string
+	volumes   staging.Dir
+	snapshots staging.Dir
+	// volumeDirs are the volumes directory as configured and with symlinks
+	// resolved: the kernel reports loop devices' backing files resolved.
+	volumeDirs []string
+	log        *slog.Logger
+}
+
+var (
+	_ backend.Backend         = (*Pool)(nil)
+	_ backend.Snapshotter     = (*Pool)(nil)
+	_ backend.SnapshotDeleter = (*Pool)(nil)
+	_ backend.ContentCreator  = (*Pool)(nil)
+	_ backend.Expander        = (*Pool)(nil)
+	_ backend.ImageFiles      = (*Pool)(nil)
+)
+
+// New opens the image pool at root, creating its layout if needed. log may
+// be nil.
+func New(ctx context.Context, root string, log *slog.Logger) (*Pool, error) {
+	if !filepath.IsAbs(root) {
+		return nil, fmt.Errorf("image pool path %q must be absolute: %w", root, errdefs.ErrInvalidArgument)
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	root = filepath.Clean(root)
+	p := &Pool{
+		root:      root,
+		volumes:   staging.Dir{Path: filepath.Join(root, "volumes"), Remove: removeFile},
+		snapshots: staging.Dir{Path: filepath.Join(root, "snapshots"), Remove: removeFile},
+		log:       log,
+	}
+	for _, d := range []string{p.volumes.Path, p.snapshots.Path} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("image pool %s: %w", root, err)
+		}
+	}
+	p.volumeDirs = []string{p.volumes.Path}
+	if resolved, err := filepath.EvalSymlinks(p.volumes.Path); err == nil && resolved != p.volumes.Path {
+		p.volumeDirs = append(p.volumeDirs, resolved)
+	}
+	// Say once how copies will be made: the difference between an instant
+	// snapshot and a full copy matters to whoever sized the pool.
+	if reflink, err := fileclone.SupportsReflink(ctx, p.snapshots.Path); err != nil {
+		log.Warn("image pool: cannot tell whether the filesystem has reflinks", "path", root, "err", err)
+	} else if reflink {
+		log.Info("image pool: snapshots and clones are reflinks (instant, space shared until written)", "path", root)
+	} else {
+		log.Info("image pool: snapshots and clones are sparse copies (the filesystem cannot share extents)", "path", root)
+	}
+	return p, nil
+}
+
+// removeFile is staging's Remove for image files. os.Remove also removes
+// an empty directory (a leftover of another tool); it never recurses, so a
+// non-empty directory is reported, not deleted.
+func removeFile(_ context.Context, path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// Type implements backend.Backend.
+func (p *Pool) Type() string { return Type }
+
+// SupportsBlock reports that image volumes can be consumed as raw block
+// devices (the node attaches the image to a loop device).
+func (p *Pool) SupportsBlock() bool { return true }
+
+// Check implements backend.Backend: both directories must be writable
+// directories.
+func (p *Pool) Check(ctx context.Context) error {
+	for _, d := range []string{p.volumes.Path, p.snapshots.Path} {
+		st, err := os.Stat(d)
+		if err != nil {
+			return fmt.Errorf("image pool %s: %w", p.root, err)
+		}
+		if !st.IsDir() {
+			return fmt.Errorf("image pool %s: %s is not a directory: %w", p.root, d, errdefs.ErrFailedPrecondition)
+		}
+		if err := unix.Access(d, unix.W_OK|unix.X_OK); err != nil {
+			return fmt.Errorf("image pool %s: %s is not writable: %w", p.root, d, err)
+		}
+	}
+	return nil
+}
+
+// Capacity implements backend.Backend from the pool filesystem's free
+// space. Sizes are enforced (an image cannot outgrow its length), but
+// images are thin: see "Space" in the package comment for what
+// MaxVolumeBytes does and does not promise.
+func (p *Pool) Capacity(ctx context.Context) (backend.Capacity, error) {
+	total, avail, err := p.statfs()
+	if err != nil {
+		return backend.Capacity{}, err
+	}
+	return backend.Capacity{
+		TotalBytes:     total,
+		AvailableBytes: avail,
+		MaxVolumeBytes: avail,
+		Enforced:       true,
+	}, nil
+}
+
+func (p *Pool) statfs() (total, avail int64, err error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(p.root, &st); err != nil {
+		return 0, 0, fmt.Errorf("statfs %s: %w", p.root, err)
+	}
+	bs := int64(st.Bsize)
+	return int64(st.Blocks) * bs, int64(st.Bavail) * bs, nil
+}
+
+// roundSize returns the image size for a request of want bytes that must be
+// at least floor (a source's size) and at most limit (0: no limit).
+func roundSize(want, floor, limit int64) (int64, error) {
+	n := max(want, floor, Granularity)
+	if n > math.MaxInt64-Granularity {
+		return 0, fmt.Errorf("%d bytes is too large for an image: %w", n, errdefs.ErrOutOfRange)
+	}
+	n = (n + Granularity - 1) / Granularity * Granularity
+	if limit > 0 && n > limit {
+		return 0, fmt.Errorf("image sizes are whole MiB: %d bytes rounds up to %d, above limit_bytes %d: %w", max(want, floor), n, limit, errdefs.ErrOutOfRange)
+	}
+	return n, nil
+}
+
+// CreateVolume implements backend.Backend. The image is a hole of the
+// rounded size; no block is allocated until the workload writes.
+func (p *Pool) CreateVolume(ctx context.Context, id string, spec backend.Spec, commit func(backend.Volume) error) (backend.Volume, error) {
+	size, err := roundSize(spec.CapacityBytes, 0, spec.LimitBytes)
+	if err != nil {
+		return backend.Volume{}, fmt.Errorf("create volume %s: %w", id, err)
+	}
+	return p.create(ctx, id, spec, size, func(ctx context.Context, tmp string) error {
+		return makeImage(tmp, size)
+	}, commit)
+}
+
+// create runs the staged create of volume id of size bytes, or, when the
+// image is already in place (a retry), checks it fits spec and commits.
+func (p *Pool) create(ctx context.Context, id string, spec backend.Spec, size int64, build func(ctx context.Context, tmp string) error, commit func(backend.Volume) error) (backend.Volume, error) {
+	v := backend.Volume{ID: id, CapacityBytes: size}
+	exists, err := p.volumes.Exists(id)
+	if err != nil {
+		return backend.Volume{}, fmt.Errorf("create volume %s: %w", id, err)
+	}
+	if exists {
+		cur, err := imageSize(p.volumes.Entry(id))
+		if err != nil {
+			return backend.Volume{}, fmt.Errorf("create volume %s: %w", id, err)
+		}
+		if cur < spec.CapacityBytes || spec.LimitBytes > 0 && cur > spec.LimitBytes {
+			return backend.Volume{}, fmt.Errorf("create volume %s: it exists with %d bytes, outside [%d, %d]: %w",
+				id, cur, spec.CapacityBytes, spec.LimitBytes, errdefs.ErrAlreadyExists)
+		}
+		v.CapacityBytes = cur // it may have been expanded since
+	}
+	if err := p.volumes.Create(ctx, id, build, func() error { return commit(v) }); err != nil {
+		return backend.Volume{}, fmt.Errorf("create volume %s: %w", id, err)
+	}
+	return v, nil
+}
+
+// makeImage creates a sparse image of size bytes at path, synced.
+func makeImage(path string, size int64) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, volumeMode)
+	if err != nil {
+		return err
+	}
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		return fmt.Errorf("size image %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("fsync %s: %w", path, err)
+	}
+	return f.Close()
+}
+
+// imageSize returns the size of the image at path, which must be a
+// regular file.
+func imageSize(path string) (int64, error) {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return 0, err
+	}
+	if !fi.Mode().IsRegular() {
+		return 0, fmt.Errorf("%s is not a regular file: %w", path, errdefs.ErrFailedPrecondition)
+	}
+	return fi.Size(), nil
+}
+
+// DeleteVolume implements backend.Backend. A loop device still attached to
+// the image keeps its data reachable until it is detached; the node layer
+// detaches devices of deleted images (the driver's reconcileLoops).
+func (p *Pool) DeleteVolume(ctx context.Context, id string, commit func() error) error {
+	if err := p.volumes.Delete(ctx, id, commit); err != nil {
+		return fmt.Errorf("delete volume %s: %w", id, err)
+	}
+	return nil
+}
+
+// Source implements backend.Backend.
+func (p *Pool) Source(ctx context.Context, id string) (backend.Source, error) {
+	path := p.volumes.Entry(id)
+	if _, err := imageSize(path); errors.Is(err, fs.ErrNotExist) {
+		return backend.Source{}, fmt.Errorf("volume %s in pool %s: %w", id, p.root, errdefs.ErrNotFound)
+	} else if err != nil {
+		return backend.Source{}, fmt.Errorf("volume %s: %w", id, err)
+	}
+	return backend.Source{Kind: backend.SourceImageFile, Path: path}, nil
+}
+
+// Usage implements backend.Backend for the image itself: its size, and
+// the blocks allocated to it. What the filesystem inside uses is the node's
+// business (statfs of the mount). Available is what the image can still
+// take: its unallocated part, but no more than the pool has free, since
+// images are thin.
+func (p *Pool) Usage(ctx context.Context, id string) (backend.Usage, error) {
+	src, err := p.Source(ctx, id)
+	if err != nil {
+		return backend.Usage{}, err
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(src.Path, &st); err != nil {
+		return backend.Usage{}, fmt.Errorf("volume %s: %w", id, err)
+	}
+	// st_blocks counts 512-byte units whatever the filesystem's block size;
+	// speculative preallocation (xfs) can briefly exceed the size.
+	used := min(st.Blocks*512, st.Size)
+	_, poolAvail, err := p.statfs()
+	if err != nil {
+		return backend.Usage{}, err
+	}
+	return backend.Usage{
+		TotalBytes:     st.Size,
+		UsedBytes:      used,
+		AvailableBytes: min(st.Size-used, poolAvail),
+	}, nil
+}
+
+// ExpandVolume implements backend.Expander by lengthening the image. The
+// new part is a hole; the loop device and the filesystem inside see it
+// only after the node refreshes them (NodeExpandVolume).
+func (p *Pool) ExpandVolume(ctx context.Context, id string, newBytes int64) (int64, error) {
+	src, err := p.Source(ctx, id)
+	if err != nil {
+		return 0, err
+	}
+	cur, err := imageSize(src.Path)
+	if err != nil {
+		return 0, fmt.Errorf("volume %s: %w", id, err)
+	}
+	want, err := roundSize(newBytes, 0, 0)
+	if err != nil {
+		return 0, fmt.Errorf("expand volume %s: %w", id, err)
+	}
+	if want <= cur {
+		return cur, nil
+	}
+	f, err := os.OpenFile(src.Path, os.O_RDWR, 0)
+	if err != nil {
+		return 0, fmt.Errorf("expand volume %s: %w", id, err)
+	}
+	defer f.Close()
+	if err := f.Truncate(want); err != nil {
+		return 0, fmt.Errorf("expand volume %s to %d bytes: %w", id, want, err)
+	}
+	// The size is the volume's capacity record: it must survive a crash
+	// before the driver's store says the volume grew.
+	if err := f.Sync(); err != nil {
+		return 0, fmt.Errorf("expand volume %s: fsync: %w", id, err)
+	}
+	return want, nil
+}
+
+// CreateSnapshot implements backend.Snapshotter: a read-only copy of the
+// volume's image, by reflink where the filesystem can.
+func (p *Pool) CreateSnapshot(ctx context.Context, snapID, volID string, commit func(backend.Snapshot) error) (backend.Snapshot, error) {
+	s := backend.Snapshot{ID: snapID, VolumeID: volID}
+	exists, err := p.snapshots.Exists(snapID)
+	if err != nil {
+		return s, fmt.Errorf("create snapshot %s: %w", snapID, err)
+	}
+	if exists {
+		// A retry: the snapshot must be of the same volume.
+		path := p.snapshots.Entry(snapID)
+		if of, ok := recordedSource(path); ok && of != volID {
+			return s, fmt.Errorf("snapshot %s exists of volume %s, not %s: %w", snapID, of, volID, errdefs.ErrAlreadyExists)
+		}
+		fi, err := os.Lstat(path)
+		if err != nil {
+			return s, fmt.Errorf("create snapshot %s: %w", snapID, err)
+		}
+		s.SizeBytes, s.CreatedAt = fi.Size(), fi.ModTime()
+	} else {
+		src, err := p.Source(ctx, volID)
+		if err != nil {
+			return s, fmt.Errorf("create snapshot %s: %w", snapID, err)
+		}
+		if s.SizeBytes, err = imageSize(src.Path); err != nil {
+			return s, fmt.Errorf("create snapshot %s: %w", snapID, err)
+		}
+		// Whole seconds: what every filesystem can store as the mtime that
+		// a retry reads back.
+		s.CreatedAt = time.Now().Truncate(time.Second)
+	}
+	err = p.snapshots.Create(ctx, snapID, func(ctx context.Context, tmp string) error {
+		m, err := fileclone.CloneFile(ctx, p.volumes.Entry(volID), tmp)
+		if err != nil {
+			return err
+		}
+		p.log.Debug("image pool: snapshot copied", "snapshot", snapID, "volume", volID, "method", m.String())
+		recordSource(tmp, volID)
+		if err := os.Chtimes(tmp, s.CreatedAt, s.CreatedAt); err != nil {
+			return err
+		}
+		return finishImage(tmp, snapshotMode, 0)
+	}, func() error { return commit(s) })
+	if err != nil {
+		return backend.Snapshot{}, fmt.Errorf("create snapshot %s of %s: %w", snapID, volID, err)
+	}
+	return s, nil
+}
+
+// finishImage sets path's mode, lengthens it to size if it is shorter, and
+// syncs it, so that the rename that follows publishes a complete image.
+func finishImage(path string, mode os.FileMode, size int64) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Chmod(mode); err != nil {
+		return err
+	}
+	if size > 0 {
+		fi, err := f.Stat()
+		if err != nil {
+			return err
+		}
+		if size > fi.Size() {
+			if err := f.Truncate(size); err != nil {
+				return fmt.Errorf("grow %s to %d bytes: %w", path, size, err)
+			}
+		}
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", path, err)
+	}
+	return f.Close()
+}
+
+func recordSource(path, volID string) {
+	for _, name := range sourceXattrs {
+		if unix.Setxattr(path, name, []byte(volID), 0) == nil {
+			return
+		}
+	}
+}
+
+func recordedSource(path string) (string, bool) {
+	buf := make([]byte, 256)
+	for _, name := range sourceXattrs {
+		if n, err := unix.Getxattr(path, name, buf); err == nil {
+			return string(buf[:n]), true
+		}
+	}
+	return "", false
+}
+
+// DeleteSnapshot implements backend.SnapshotDeleter. Volumes restored from
+// the snapshot are independent files and are not affected.
+func (p *Pool) DeleteSnapshot(ctx context.Context, snapID string, commit func() error) error {
+	if err := p.snapshots.Delete(ctx, snapID, commit); err != nil {
+		return fmt.Errorf("delete snapshot %s: %w", snapID, err)
+	}
+	return nil
+}
+
+// CreateVolumeFrom implements backend.ContentCreator: a copy of the
+// snapshot's or volume's image (a reflink where the filesystem can),
+// lengthened to the requested size. The filesystem inside keeps its old
+// size until the node grows it at stage time (NodeExpandVolume).
+func (p *Pool) CreateVolumeFrom(ctx context.Context, id string, spec backend.Spec, src backend.ContentSource, commit func(backend.Volume) error) (backend.Volume, error) {
+	var from string
+	switch {
+	case src.SnapshotID != "" && src.VolumeID == "":
+		from = p.snapshots.Entry(src.SnapshotID)
+	case src.VolumeID != "" && src.SnapshotID == "":
+		from = p.volumes.Entry(src.VolumeID)
+	default:
+		return backend.Volume{}, fmt.Errorf("create volume %s: a content source names one snapshot or one volume, not %+v: %w", id, src, errdefs.ErrInvalidArgument)
+	}
+	srcSize, err := imageSize(from)
+	if errors.Is(err, fs.ErrNotExist) {
+		return backend.Volume{}, fmt.Errorf("create volume %s: content source %+v: %w", id, src, errdefs.ErrNotFound)
+	}
+	if err != nil {
+		return backend.Volume{}, fmt.Errorf("create volume %s: %w", id, err)
+	}
+	size, err := roundSize(spec.CapacityBytes, srcSize, spec.LimitBytes)
+	if err != nil {
+		return backend.Volume{}, fmt.Errorf("create volume %s: %w", id, err)
+	}
+	return p.create(ctx, id, spec, size, func(ctx context.Context, tmp string) error {
+		m, err := fileclone.CloneFile(ctx, from, tmp)
+		if err != nil {
+			return err
+		}
+		p.log.Debug("image pool: volume copied", "volume", id, "from", from, "method", m.String())
+		return finishImage(tmp, volumeMode, size)
+	}, commit)
+}
+
+// Reconcile implements backend.Backend.
+func (p *Pool) Reconcile(ctx context.Context, inv backend.Inventory) (backend.Report, error) {
+	var rep backend.Report
+	for _, part := range []struct {
+		dir   staging.Dir
+		known map[string]bool
+	}{{p.volumes, inv.Volumes}, {p.snapshots, inv.Snapshots}} {
+		res, err := part.dir.Reconcile(ctx, part.known)
+		if err != nil {
+			return rep, err
+		}
+		rep.Removed = append(rep.Removed, res.Removed...)
+		rep.Missing = append(rep.Missing, res.Missing...)
+		rep.Errors = append(rep.Errors, res.Errors...)
+	}
+	return rep, nil
+}
+
+// VolumeForImage implements backend.ImageFiles. Any file directly in the
+// volumes directory belongs to the volume it is named after, including
+// staged names (new-<id>, rm-<id>): a loop device on rm-<id> is one on a
+// volume being deleted, and the driver detaches it once the volume is gone.
+func (p *Pool) VolumeForImage(path string) (string, bool) {
+	dir, name := filepath.Split(filepath.Clean(path))
+	dir = filepath.Clean(dir)
+	in := false
+	for _, d := range p.volumeDirs {
+		in = in || dir == d
+	}
+	if !in {
+		return "", false
+	}
+	if rest, ok := strings.CutPrefix(name, staging.NewPrefix); ok {
+		name = rest
+	} else if rest, ok := strings.CutPrefix(name, staging.RmPrefix); ok {
+		name = rest
+	}
+	if name == "" || strings.HasPrefix(name, ".") {
+		return "", false
+	}
+	return name, true
+}
