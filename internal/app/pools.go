@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/cairn-csi/cairn/internal/backend"
+	"github.com/cairn-csi/cairn/internal/backend/btrfspool"
 	"github.com/cairn-csi/cairn/internal/backend/dirpool"
 	"github.com/cairn-csi/cairn/internal/backend/imagepool"
 	"github.com/cairn-csi/cairn/internal/driver"
@@ -58,6 +59,9 @@ func (p *poolFlags) Set(v string) error {
 
 // poolTypes maps each pool type to its constructor.
 var poolTypes = map[string]func(ctx context.Context, path string, log *slog.Logger) (backend.Backend, error){
+	btrfspool.Type: func(ctx context.Context, path string, log *slog.Logger) (backend.Backend, error) {
+		return btrfspool.New(ctx, path, log)
+	},
 	dirpool.Type: func(ctx context.Context, path string, log *slog.Logger) (backend.Backend, error) {
 		return dirpool.NewWithLogger(ctx, path, log)
 	},
