@@ -357,7 +357,7 @@ func TestResizerDeployment(t *testing.T) {
 	pod := dep.podSpec(t)
 	cairn := pod.container(t, "cairn")
 	// The trivial-resizer setup: see docs/kubernetes.md, "Volume expansion".
-	cairn.wantArgs(t, "--mode=all", "--controller-expansion=false", "--endpoint=unix:///csi/csi.sock")
+	cairn.wantArgs(t, "--mode=controller", "--controller-expansion=false", "--endpoint=unix:///csi/csi.sock")
 	if sc := cairn.SecurityContext; sc != nil && sc.Privileged != nil && *sc.Privileged {
 		t.Error("the resizer's cairn needs no privileges")
 	}
