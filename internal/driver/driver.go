@@ -73,15 +73,16 @@ type Driver struct {
 	csi.UnimplementedControllerServer
 	csi.UnimplementedNodeServer
 
-	cfg       Config
-	log       *slog.Logger
-	store     *store.Store // nil in node mode: the node derives its state from the mount table
-	pools     map[string]backend.Backend
-	poolOrder []string
-	mounter   *mount.SafeFormatAndMount
-	locks     keylock.Locks
-	ready     atomic.Bool
-	lastProbe atomic.Pointer[string] // Probe's last verdict, to log changes only
+	cfg        Config
+	log        *slog.Logger
+	store      *store.Store // nil in node mode: the node derives its state from the mount table
+	pools      map[string]backend.Backend
+	poolOrder  []string
+	mounter    *mount.SafeFormatAndMount
+	locks      keylock.Locks
+	ready      atomic.Bool
+	lastProbe  atomic.Pointer[string] // Probe's last verdict, to log changes only
+	reconciled reconcileRecord        // reconcile totals, for metrics
 }
 
 // New makes a driver. st may be nil only in node mode.

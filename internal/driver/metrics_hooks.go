@@ -2,9 +2,7 @@ package driver
 
 import (
 	"context"
-	"runtime"
 	"sync"
-	"weak"
 
 	"github.com/cairn-csi/cairn/internal/backend"
 	"github.com/cairn-csi/cairn/internal/store"
@@ -81,11 +79,7 @@ type ReconcileStats struct {
 	MissingData int
 }
 
-// reconcileTotals holds each driver's reconcile results. It lives outside
-// Driver because this file may not change the struct; weak keys with a
-// cleanup keep a discarded driver (tests make many) from being kept alive.
-var reconcileTotals sync.Map // weak.Pointer[Driver] -> *reconcileRecord
-
+// reconcileRecord holds a driver's reconcile totals per pool.
 type reconcileRecord struct {
 	mu    sync.Mutex
 	pools map[string]*ReconcileStats
@@ -95,14 +89,12 @@ type reconcileRecord struct {
 // recordReconcile adds one pool's reconcile report to the totals. It is
 // called from reconcileStore after each pool's Reconcile.
 func (d *Driver) recordReconcile(pool string, rep backend.Report) {
-	key := weak.Make(d)
-	v, loaded := reconcileTotals.LoadOrStore(key, &reconcileRecord{pools: map[string]*ReconcileStats{}})
-	if !loaded {
-		runtime.AddCleanup(d, func(k weak.Pointer[Driver]) { reconcileTotals.Delete(k) }, key)
-	}
-	r := v.(*reconcileRecord)
+	r := &d.reconciled
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.pools == nil {
+		r.pools = map[string]*ReconcileStats{}
+	}
 	s, ok := r.pools[pool]
 	if !ok {
 		s = &ReconcileStats{Pool: pool}
@@ -117,11 +109,7 @@ func (d *Driver) recordReconcile(pool string, rep backend.Report) {
 // ReconcileStats returns the reconcile totals per pool, in the order the
 // pools were reconciled; empty before the first reconcile and in node mode.
 func (d *Driver) ReconcileStats() []ReconcileStats {
-	v, ok := reconcileTotals.Load(weak.Make(d))
-	if !ok {
-		return nil
-	}
-	r := v.(*reconcileRecord)
+	r := &d.reconciled
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := make([]ReconcileStats, 0, len(r.order))
