@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 
 	"github.com/cairn-csi/cairn/internal/backend"
 	"github.com/cairn-csi/cairn/internal/errdefs"
@@ -265,12 +266,29 @@ func (d *Driver) detachUnused(ctx context.Context, nv nodeVolume) error {
 		return err
 	}
 	for _, dev := range devs {
-		if err := d.cfg.Loop.Detach(ctx, dev); err != nil {
-			return fmt.Errorf("detach %s: %w", dev, err)
+		if err := d.detach(ctx, nv.id, dev); err != nil {
+			return err
 		}
-		d.log.Info("loop device detached", "volume", nv.id, "device", dev)
 	}
 	return nil
+}
+
+// detach detaches a loop device that no mount of ours uses any more. If a
+// process elsewhere still holds it open (a mount namespace that copied the
+// mount, a stray blkid), the kernel has already marked it to detach at its
+// last close: that is logged, not failed, so that unstage converges
+// instead of retrying forever on something it cannot change.
+func (d *Driver) detach(ctx context.Context, volID, dev string) error {
+	err := d.cfg.Loop.Detach(ctx, dev)
+	switch {
+	case err == nil:
+		d.log.Info("loop device detached", "volume", volID, "device", dev)
+		return nil
+	case errors.Is(err, unix.EBUSY):
+		d.log.Warn("loop device still open elsewhere; the kernel detaches it at its last close", "volume", volID, "device", dev, "err", err)
+		return nil
+	}
+	return fmt.Errorf("detach %s: %w", dev, err)
 }
 
 // NodePublishVolume implements csi.NodeServer: a bind mount of the staged

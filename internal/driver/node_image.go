@@ -248,10 +248,9 @@ func (d *Driver) detachDeletedImage(ctx context.Context, id string) error {
 		if len(mps) > 0 {
 			return fmt.Errorf("volume %s was deleted but its device %s is still mounted at %v; unpublish it first: %w", id, dev, mps, errdefs.ErrFailedPrecondition)
 		}
-		if err := d.cfg.Loop.Detach(ctx, dev); err != nil {
-			return fmt.Errorf("detach %s: %w", dev, err)
+		if err := d.detach(ctx, id, dev); err != nil {
+			return err
 		}
-		d.log.Info("loop device of a deleted volume detached", "volume", id, "device", dev, "image", backing)
 	}
 	return nil
 }
