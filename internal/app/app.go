@@ -17,6 +17,8 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -186,6 +188,16 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 	if !filepath.IsAbs(c.DataDir) {
 		return fmt.Errorf("--data-dir %q must be absolute", c.DataDir)
 	}
+	// TLS is checked before the store and pools are opened, so that a bad
+	// flag fails at once rather than after reconcile.
+	var sopts []grpc.ServerOption
+	if ep.Network == "tcp" {
+		creds, err := endpoint.ServerCredentials(endpoint.TLSFiles{Cert: c.TLSCertFile, Key: c.TLSKeyFile, ClientCA: c.TLSClientCAFile})
+		if err != nil {
+			return err
+		}
+		sopts = append(sopts, grpc.Creds(creds))
+	}
 	if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
 		return err
 	}
@@ -212,7 +224,7 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	mounter := mount.NewSafeFormatAndMount(mount.New(""), utilexec.New())
+	mounter := mount.NewSafeFormatAndMount(&firstMountGate{Interface: mount.New("")}, utilexec.New())
 	d, err := driver.New(driver.Config{
 		Name:                c.DriverName,
 		Version:             Version(),
@@ -233,15 +245,9 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 	}
 
 	var lis net.Listener
-	var sopts []grpc.ServerOption
 	if ep.Network == "unix" {
 		lis, err = endpoint.Listen(ep, endpoint.Options{Group: c.SocketGroup})
 	} else {
-		creds, cerr := endpoint.ServerCredentials(endpoint.TLSFiles{Cert: c.TLSCertFile, Key: c.TLSKeyFile, ClientCA: c.TLSClientCAFile})
-		if cerr != nil {
-			return cerr
-		}
-		sopts = append(sopts, grpc.Creds(creds))
 		lis, err = net.Listen("tcp", ep.Address)
 	}
 	if err != nil {
@@ -303,4 +309,40 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// firstMountGate serialises Mount and MountSensitive until one has
+// succeeded. mount-utils' Mounter detects systemd lazily on its first mount
+// and stores the answer without a lock, so concurrent first mounts (two
+// NodeStageVolume calls right after a start) are a data race; once a mount
+// has gone through, the answer is only read and calls run in parallel.
+type firstMountGate struct {
+	mount.Interface
+	mu    sync.Mutex
+	ready atomic.Bool
+}
+
+func (g *firstMountGate) Mount(source, target, fstype string, options []string) error {
+	return g.gated(func() error { return g.Interface.Mount(source, target, fstype, options) })
+}
+
+func (g *firstMountGate) MountSensitive(source, target, fstype string, options, sensitive []string) error {
+	return g.gated(func() error { return g.Interface.MountSensitive(source, target, fstype, options, sensitive) })
+}
+
+func (g *firstMountGate) gated(mount func() error) error {
+	if g.ready.Load() {
+		return mount()
+	}
+	g.mu.Lock()
+	if g.ready.Load() { // the call we waited for went through
+		g.mu.Unlock()
+		return mount()
+	}
+	defer g.mu.Unlock()
+	err := mount()
+	if err == nil {
+		g.ready.Store(true)
+	}
+	return err
 }

@@ -185,8 +185,12 @@ func (d *Driver) inspect(path string, id mountIdentity) (mountState, error) {
 }
 
 // unmountAll peels every mount layer off path. It returns how many it
-// removed.
+// removed. A symlink at path is refused: umount would follow it and
+// unmount whatever is mounted where it points.
 func (d *Driver) unmountAll(ctx context.Context, path string) (int, error) {
+	if fi, err := os.Lstat(path); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+		return 0, invalid("%q is a symbolic link; refusing to follow it", path)
+	}
 	n := 0
 	for ; n < maxStackedMounts; n++ {
 		if err := ctx.Err(); err != nil {

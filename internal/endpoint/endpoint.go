@@ -15,6 +15,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -43,6 +44,10 @@ func Parse(s string) (Endpoint, error) {
 		}
 		if u.Host != "" || !filepath.IsAbs(p) {
 			return Endpoint{}, fmt.Errorf("endpoint %q: want unix:///absolute/path: %w", s, errdefs.ErrInvalidArgument)
+		}
+		// Escapes are decoded: a %00 would cut the path the kernel binds.
+		if strings.ContainsFunc(p, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+			return Endpoint{}, fmt.Errorf("endpoint %q: the socket path has a control character: %w", s, errdefs.ErrInvalidArgument)
 		}
 		return Endpoint{Network: "unix", Address: filepath.Clean(p)}, nil
 	case "tcp":

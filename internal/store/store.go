@@ -87,6 +87,10 @@ func Open(ctx context.Context, path string, timeout time.Duration) (*Store, erro
 		}
 		return nil, fmt.Errorf("store %s: %w", path, err)
 	}
+	// Batch waits this long for company before it commits. bbolt's 10 ms
+	// default is longer than a commit's fsync here, and a lone write pays
+	// it in full; 2 ms still groups the writers of a busy moment.
+	db.MaxBatchDelay = 2 * time.Millisecond
 	err = db.Update(func(tx *bolt.Tx) error {
 		v1, err := tx.CreateBucketIfNotExists(bucketV1)
 		if err != nil {

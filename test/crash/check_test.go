@@ -1,0 +1,412 @@
+package crash
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
+	mount "k8s.io/mount-utils"
+
+	"github.com/cairn-csi/cairn/internal/fsfreeze"
+	"github.com/cairn-csi/cairn/internal/loopdev"
+)
+
+// entryPattern is what may sit in a pool's volumes/ or snapshots/
+// directory once reconcile has run: an ID, optionally with an extension.
+var entryPattern = regexp.MustCompile(`^((?:vol|snap)-[0-9a-f]{16})(\.[a-z0-9]+)?$`)
+
+// listed returns every ID ListVolumes and ListSnapshots report, walking
+// small pages so that the tokens are exercised too.
+func (h *harness) listed() (vols, snaps map[string]bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	vols, snaps = map[string]bool{}, map[string]bool{}
+	token := ""
+	for {
+		resp, err := h.c.ctl.ListVolumes(ctx, &csi.ListVolumesRequest{MaxEntries: 3, StartingToken: token})
+		if err != nil {
+			h.fatalf("ListVolumes: %v", err)
+		}
+		for _, e := range resp.GetEntries() {
+			id := e.GetVolume().GetVolumeId()
+			if vols[id] {
+				h.fatalf("ListVolumes reported %s twice", id)
+			}
+			vols[id] = true
+		}
+		if token = resp.GetNextToken(); token == "" {
+			break
+		}
+	}
+	if !h.caps.snapshot {
+		return vols, snaps
+	}
+	for {
+		resp, err := h.c.ctl.ListSnapshots(ctx, &csi.ListSnapshotsRequest{MaxEntries: 3, StartingToken: token})
+		if err != nil {
+			h.fatalf("ListSnapshots: %v", err)
+		}
+		for _, e := range resp.GetEntries() {
+			id := e.GetSnapshot().GetSnapshotId()
+			if snaps[id] {
+				h.fatalf("ListSnapshots reported %s twice", id)
+			}
+			snaps[id] = true
+		}
+		if token = resp.GetNextToken(); token == "" {
+			break
+		}
+	}
+	return vols, snaps
+}
+
+// onDisk returns the IDs in one of the pool's directories, failing on
+// anything that is not an ID: a new-*/rm-* leftover or a stray entry.
+func (h *harness) onDisk(dir string) map[string]bool {
+	ids := map[string]bool{}
+	entries, err := os.ReadDir(filepath.Join(h.poolRoot, dir))
+	if err != nil {
+		h.fatalf("read pool %s/: %v", dir, err)
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") { // the pool's own bookkeeping
+			continue
+		}
+		m := entryPattern.FindStringSubmatch(e.Name())
+		if m == nil {
+			h.fatalf("pool %s/ holds %q after reconcile: a leftover the store does not account for", dir, e.Name())
+		}
+		ids[m[1]] = true
+	}
+	return ids
+}
+
+// check verifies the invariants after a restart. With operations pending
+// (interrupted, not yet retried) it allows exactly the uncertainty they
+// leave; with none, model, store, disk and mounts must agree exactly.
+func (h *harness) check(pending []*op) {
+	h.t.Helper()
+	vols, snaps := h.listed()
+
+	// Store against disk: exactly the same IDs.
+	diskVols, diskSnaps := h.onDisk("volumes"), h.onDisk("snapshots")
+	for _, cmp := range []struct {
+		what        string
+		store, disk map[string]bool
+	}{{"volume", vols, diskVols}, {"snapshot", snaps, diskSnaps}} {
+		for id := range cmp.store {
+			if !cmp.disk[id] {
+				h.fatalf("%s %s is in the store but not on disk", cmp.what, id)
+			}
+		}
+		for id := range cmp.disk {
+			if !cmp.store[id] {
+				h.fatalf("%s %s is on disk but unknown to the store after reconcile", cmp.what, id)
+			}
+		}
+	}
+
+	// Store against the model.
+	uncertain := map[any]bool{}
+	unknownCreates := 0 // creates whose answer never came: their IDs are unknown
+	for _, o := range pending {
+		for _, k := range o.keys() {
+			uncertain[k] = true
+		}
+		switch o.kind {
+		case opCreate, opRestore, opClone, opSnapshot:
+			if o.gotID == "" {
+				unknownCreates++
+			}
+		}
+	}
+	known := map[string]bool{}
+	for _, v := range h.m.vols {
+		known[v.id] = true
+		switch {
+		case v.state == alive && !uncertain[v] && !vols[v.id]:
+			h.fatalf("volume %s (%s) was created and never deleted, but the store lost it", v.name, v.id)
+		case v.state == deleted && !uncertain[v] && vols[v.id]:
+			h.fatalf("volume %s (%s) was deleted, but the store lists it again", v.name, v.id)
+		}
+	}
+	for _, s := range h.m.snaps {
+		known[s.id] = true
+		switch {
+		case s.state == alive && !uncertain[s] && !snaps[s.id]:
+			h.fatalf("snapshot %s (%s) was created and never deleted, but the store lost it", s.name, s.id)
+		case s.state == deleted && !uncertain[s] && snaps[s.id]:
+			h.fatalf("snapshot %s (%s) was deleted, but the store lists it again", s.name, s.id)
+		}
+	}
+	for _, o := range pending {
+		if o.gotID != "" {
+			known[o.gotID] = true
+			if !vols[o.gotID] && !snaps[o.gotID] {
+				h.fatalf("%s was answered with ID %s, so committed, but the store lost it", o, o.gotID)
+			}
+		}
+	}
+	var strangers []string
+	for id := range vols {
+		if !known[id] {
+			strangers = append(strangers, id)
+		}
+	}
+	for id := range snaps {
+		if !known[id] {
+			strangers = append(strangers, id)
+		}
+	}
+	if len(strangers) > unknownCreates {
+		sort.Strings(strangers)
+		h.fatalf("the store has %d IDs the harness never got (%v), but only %d creates were interrupted before answering",
+			len(strangers), strangers, unknownCreates)
+	}
+
+	h.checkMounts(vols, uncertain)
+	h.checkLoops(vols, uncertain)
+}
+
+// checkMounts: every mount under the harness's directories is of a volume
+// the store knows, where the model (or an interrupted operation) put it,
+// and never stacked; without uncertainty, every staged and published
+// volume is mounted where it should be.
+func (h *harness) checkMounts(vols map[string]bool, uncertain map[any]bool) {
+	byID := map[string]*volume{}
+	for _, v := range h.m.vols {
+		if v.id != "" {
+			byID[v.id] = v
+		}
+	}
+	mounts := h.ourMounts()
+	for mp, n := range mounts {
+		if n > 1 {
+			h.fatalf("%s is mounted %d times: stacked mounts", mp, n)
+		}
+		rel, _ := filepath.Rel(h.root, mp)
+		parts := strings.Split(rel, "/")
+		if len(parts) != 2 || (parts[0] != "staging" && parts[0] != "target") {
+			h.fatalf("unexpected mount %s under the harness's directory", mp)
+		}
+		id := parts[1]
+		if !vols[id] {
+			h.fatalf("%s is mounted, but volume %s is not in the store", mp, id)
+		}
+		v := byID[id]
+		if v == nil {
+			// An interrupted create's volume: it must be one.
+			if len(uncertain) == 0 {
+				h.fatalf("%s is mounted for a volume the harness does not know", mp)
+			}
+			continue
+		}
+		want := v.staged
+		if parts[0] == "target" {
+			want = v.pub
+		}
+		if !want && !uncertain[v] {
+			h.fatalf("%s is mounted, but volume %s (%s) is not %sed", mp, v.name, id, map[string]string{"staging": "stag", "target": "publish"}[parts[0]])
+		}
+	}
+	for _, v := range h.m.vols {
+		if v.state != alive || uncertain[v] {
+			continue
+		}
+		if v.staged && mounts[h.stagingPath(v.id)] == 0 && h.stagedIsMount() {
+			h.fatalf("volume %s (%s) is staged but %s is not mounted", v.name, v.id, h.stagingPath(v.id))
+		}
+		if v.pub && mounts[h.targetPath(v.id)] == 0 {
+			h.fatalf("volume %s (%s) is published but %s is not mounted", v.name, v.id, h.targetPath(v.id))
+		}
+	}
+}
+
+// stagedIsMount: every pool here stages filesystem volumes with a mount.
+func (h *harness) stagedIsMount() bool { return true }
+
+// ourMounts counts the mount table's entries per mount point under the
+// harness's directory.
+func (h *harness) ourMounts() map[string]int {
+	infos, err := mount.ParseMountInfo("/proc/self/mountinfo")
+	if err != nil {
+		h.fatalf("read mountinfo: %v", err)
+	}
+	out := map[string]int{}
+	for _, mi := range infos {
+		if strings.HasPrefix(mi.MountPoint, h.root+"/") {
+			out[mi.MountPoint]++
+		}
+	}
+	return out
+}
+
+// checkLoops: every loop device backed by a file in the pool belongs to a
+// volume the store knows and the model has staged (or an interrupted
+// operation touched).
+func (h *harness) checkLoops(vols map[string]bool, uncertain map[any]bool) {
+	byID := map[string]*volume{}
+	for _, v := range h.m.vols {
+		byID[v.id] = v
+	}
+	for dev, backing := range loopDevices() {
+		file := strings.TrimSuffix(backing, " (deleted)")
+		if !strings.HasPrefix(file, h.poolRoot+"/") {
+			continue
+		}
+		m := entryPattern.FindStringSubmatch(filepath.Base(file))
+		if m == nil {
+			h.fatalf("%s is attached to %s, which is not a volume image", dev, backing)
+		}
+		id := m[1]
+		v := byID[id]
+		switch {
+		case strings.HasSuffix(backing, " (deleted)") && len(uncertain) == 0:
+			h.fatalf("%s is attached to the deleted image %s", dev, file)
+		case !vols[id] && len(uncertain) == 0:
+			h.fatalf("%s is attached to %s, whose volume the store does not know", dev, file)
+		case v != nil && !v.staged && !uncertain[v]:
+			h.fatalf("%s is attached to volume %s (%s), which is not staged", dev, v.name, id)
+		case v == nil && len(uncertain) == 0:
+			h.fatalf("%s is attached to %s, a volume the harness does not know", dev, file)
+		}
+	}
+}
+
+// loopDevices maps each attached loop device to its backing file, as
+// sysfs reports it.
+func loopDevices() map[string]string {
+	out := map[string]string{}
+	paths, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue // detached meanwhile
+		}
+		dev := "/dev/" + filepath.Base(filepath.Dir(filepath.Dir(p)))
+		out[dev] = strings.TrimSuffix(string(b), "\n")
+	}
+	return out
+}
+
+// verifyData reads every volume's data back. A published volume is read
+// through its target (which also proves the mount survived the restart);
+// any other is published, or staged and published, afresh and then put
+// back as it was.
+func (h *harness) verifyData() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	for _, v := range h.m.vols {
+		if v.state != alive {
+			continue
+		}
+		h.stats.verified++
+		if v.pub {
+			if err := h.readBack(v, h.targetPath(v.id), v.sum); err != nil {
+				h.fatalf("after restart: %v", err)
+			}
+			h.probeWrite(v)
+			continue
+		}
+		staging, target := h.stagingPath(v.id), h.targetPath(v.id)
+		steps := []func() error{}
+		if !v.staged {
+			steps = append(steps, func() error { return h.stage(ctx, h.c, v.id, staging) })
+		}
+		steps = append(steps,
+			func() error { return h.publish(ctx, h.c, v.id, staging, target) },
+			func() error { return h.readBack(v, target, v.sum) },
+			func() error { return h.unpublish(ctx, h.c, v.id, target) },
+		)
+		if !v.staged {
+			steps = append(steps, func() error { return h.unstage(ctx, h.c, v.id, staging) })
+		}
+		for _, step := range steps {
+			h.eventually(fmt.Sprintf("verify volume %s (%s) after restart", v.name, v.id), step)
+		}
+	}
+}
+
+// unmountOurs removes every mount under the harness's directory, deepest
+// first: the last resort at cleanup, so that a failed run does not keep
+// the pool's filesystem busy.
+func (h *harness) unmountOurs() {
+	for range 3 {
+		mps := h.ourMountsNoFail()
+		if len(mps) == 0 {
+			break
+		}
+		sort.Sort(sort.Reverse(sort.StringSlice(mps)))
+		for _, mp := range mps {
+			unix.Unmount(mp, unix.MNT_DETACH)
+		}
+	}
+	// Loop devices on pool images hold the pool's filesystem open.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for dev, backing := range loopDevices() {
+		if strings.HasPrefix(backing, h.poolRoot+"/") {
+			loopdev.Detach(ctx, dev)
+		}
+	}
+}
+
+func (h *harness) ourMountsNoFail() []string {
+	infos, err := mount.ParseMountInfo("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, mi := range infos {
+		if strings.HasPrefix(mi.MountPoint, h.root+"/") {
+			out = append(out, mi.MountPoint)
+		}
+	}
+	return out
+}
+
+// probeWrite proves a published volume takes writes: a filesystem left
+// frozen (FIFREEZE outlives the process that froze it) makes them hang.
+func (h *harness) probeWrite(v *volume) {
+	probe := filepath.Join(h.targetPath(v.id), ".probe")
+	done := make(chan error, 1)
+	go func() { done <- writeProbe(probe) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			h.fatalf("volume %s (%s): write through %s: %v", v.name, v.id, h.targetPath(v.id), err)
+		}
+	case <-time.After(30 * time.Second):
+		// Thaw it, or the blocked write keeps this test process from
+		// ever exiting; the failure stands.
+		thawErr := fsfreeze.Thaw(h.targetPath(v.id))
+		h.fatalf("volume %s (%s): a write through %s hangs: its filesystem was left frozen (thawed by the harness: %v)",
+			v.name, v.id, h.targetPath(v.id), thawErr)
+	}
+}
+
+func writeProbe(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString("probe"); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Remove(path)
+}

@@ -1,0 +1,7 @@
+// Package reboot checks how the real cairn binary handles node state that
+// changed behind its back: mounts gone after a reboot (restored by
+// NodeStage and NodePublish, or cleaned up by NodeUnpublish and
+// NodeUnstage), repeated publishes after a kubelet restart (never a
+// stacked mount), and targets that are symlinks or someone else's mounts
+// (refused, and left untouched).
+package reboot
