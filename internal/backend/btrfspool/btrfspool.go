@@ -415,18 +415,9 @@ func (p *Pool) ExpandVolume(ctx context.Context, id string, newBytes int64) (int
 // recorded copies and clears qgroups whose subvolume is gone (see
 // btrfs.RemoveStaleQgroups).
 func (p *Pool) Reconcile(ctx context.Context, inv backend.Inventory) (backend.Report, error) {
-	var rep backend.Report
-	for _, part := range []struct {
-		dir   staging.Dir
-		known map[string]bool
-	}{{p.volumes, inv.Volumes}, {p.snapshots, inv.Snapshots}} {
-		res, err := part.dir.Reconcile(ctx, part.known)
-		if err != nil {
-			return rep, err
-		}
-		rep.Removed = append(rep.Removed, res.Removed...)
-		rep.Missing = append(rep.Missing, res.Missing...)
-		rep.Errors = append(rep.Errors, res.Errors...)
+	rep, err := staging.ReconcilePool(ctx, p.volumes, p.snapshots, inv)
+	if err != nil {
+		return rep, err
 	}
 	// Put every known volume's limit back from its copy. Normally this
 	// rewrites the same value; it matters after quotas were turned off,

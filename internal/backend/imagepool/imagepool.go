@@ -466,20 +466,7 @@ func (p *Pool) CreateVolumeFrom(ctx context.Context, id string, spec backend.Spe
 
 // Reconcile implements backend.Backend.
 func (p *Pool) Reconcile(ctx context.Context, inv backend.Inventory) (backend.Report, error) {
-	var rep backend.Report
-	for _, part := range []struct {
-		dir   staging.Dir
-		known map[string]bool
-	}{{p.volumes, inv.Volumes}, {p.snapshots, inv.Snapshots}} {
-		res, err := part.dir.Reconcile(ctx, part.known)
-		if err != nil {
-			return rep, err
-		}
-		rep.Removed = append(rep.Removed, res.Removed...)
-		rep.Missing = append(rep.Missing, res.Missing...)
-		rep.Errors = append(rep.Errors, res.Errors...)
-	}
-	return rep, nil
+	return staging.ReconcilePool(ctx, p.volumes, p.snapshots, inv)
 }
 
 // VolumeForImage implements backend.ImageFiles. Any file directly in the

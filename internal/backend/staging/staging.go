@@ -20,6 +20,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cairn-csi/cairn/internal/backend"
 	"github.com/cairn-csi/cairn/internal/crashpoint"
 	"github.com/cairn-csi/cairn/internal/errdefs"
 )
@@ -268,4 +269,24 @@ func syncDir(path string) error {
 		return fmt.Errorf("fsync %s: %w", path, err)
 	}
 	return nil
+}
+
+// ReconcilePool reconciles a pool's volumes and snapshots directories
+// against the store's inventory, as every pool type lays them out, and
+// merges the results into one report.
+func ReconcilePool(ctx context.Context, volumes, snapshots Dir, inv backend.Inventory) (backend.Report, error) {
+	var rep backend.Report
+	for _, part := range []struct {
+		dir   Dir
+		known map[string]bool
+	}{{volumes, inv.Volumes}, {snapshots, inv.Snapshots}} {
+		res, err := part.dir.Reconcile(ctx, part.known)
+		if err != nil {
+			return rep, err
+		}
+		rep.Removed = append(rep.Removed, res.Removed...)
+		rep.Missing = append(rep.Missing, res.Missing...)
+		rep.Errors = append(rep.Errors, res.Errors...)
+	}
+	return rep, nil
 }
