@@ -43,7 +43,10 @@ package backend
 
 import (
 	"context"
+	"fmt"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Backend is one storage pool. All methods are safe for concurrent use on
@@ -211,4 +214,23 @@ type ImageFiles interface {
 	// VolumeForImage returns the volume ID that image path belongs to, if
 	// path is a volume image of this pool (whether or not it still exists).
 	VolumeForImage(path string) (id string, ok bool)
+}
+
+// StatfsUsage reports the usage of the filesystem holding path: what a
+// volume that is a whole filesystem (a mounted image), or a directory
+// without a limit of its own, can report.
+func StatfsUsage(path string) (Usage, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return Usage{}, fmt.Errorf("statfs %s: %w", path, err)
+	}
+	bs := int64(st.Bsize)
+	return Usage{
+		TotalBytes:      int64(st.Blocks) * bs,
+		UsedBytes:       int64(st.Blocks-st.Bfree) * bs,
+		AvailableBytes:  int64(st.Bavail) * bs,
+		TotalInodes:     int64(st.Files),
+		UsedInodes:      int64(st.Files - st.Ffree),
+		AvailableInodes: int64(st.Ffree),
+	}, nil
 }

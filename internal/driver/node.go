@@ -554,7 +554,7 @@ func (d *Driver) usageAt(ctx context.Context, nv nodeVolume, path string) (backe
 		}
 		// The workload sees the filesystem inside the image; the pool's
 		// Usage describes the image file (its allocated blocks).
-		return statfsUsage(path)
+		return backend.StatfsUsage(path)
 	}
 	return nv.b.Usage(ctx, nv.id)
 }

@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strings"
 
-	"golang.org/x/sys/unix"
 	mount "k8s.io/mount-utils"
 	utilexec "k8s.io/utils/exec"
 
@@ -203,23 +202,6 @@ func (d *Driver) growStaged(ctx context.Context, nv nodeVolume, dev, staging str
 		return fmt.Errorf("volume %s: its image is larger than its filesystem: %w", nv.id, err)
 	}
 	return nil
-}
-
-// statfsUsage reports the usage of the filesystem mounted at path.
-func statfsUsage(path string) (backend.Usage, error) {
-	var st unix.Statfs_t
-	if err := unix.Statfs(path, &st); err != nil {
-		return backend.Usage{}, fmt.Errorf("statfs %s: %w", path, err)
-	}
-	bs := int64(st.Bsize)
-	return backend.Usage{
-		TotalBytes:      int64(st.Blocks) * bs,
-		UsedBytes:       int64(st.Blocks-st.Bfree) * bs,
-		AvailableBytes:  int64(st.Bavail) * bs,
-		TotalInodes:     int64(st.Files),
-		UsedInodes:      int64(st.Files - st.Ffree),
-		AvailableInodes: int64(st.Ffree),
-	}, nil
 }
 
 // detachDeletedImage detaches the loop devices still attached to the image

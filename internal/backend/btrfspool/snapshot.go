@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"path/filepath"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/cairn-csi/cairn/internal/backend"
+	"github.com/cairn-csi/cairn/internal/backend/staging"
 	"github.com/cairn-csi/cairn/internal/btrfs"
 	"github.com/cairn-csi/cairn/internal/errdefs"
 )
@@ -111,24 +111,16 @@ func (p *Pool) CreateVolumeFrom(ctx context.Context, id string, spec backend.Spe
 }
 
 func (p *Pool) contentPath(src backend.ContentSource) (string, error) {
-	var path, what string
-	switch {
-	case src.SnapshotID != "":
-		path, what = p.snapshots.Entry(src.SnapshotID), "snapshot "+src.SnapshotID
-	case src.VolumeID != "":
-		path, what = p.volumes.Entry(src.VolumeID), "volume "+src.VolumeID
-	default:
-		return "", fmt.Errorf("empty content source: %w", errdefs.ErrInvalidArgument)
+	path, err := staging.ContentEntry(p.volumes, p.snapshots, src)
+	if err != nil {
+		return "", err
 	}
 	sub, err := btrfs.IsSubvolume(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return "", fmt.Errorf("%s in pool %s: %w", what, p.root, errdefs.ErrNotFound)
-	}
 	if err != nil {
 		return "", err
 	}
 	if !sub {
-		return "", fmt.Errorf("%s: %s is not a subvolume: %w", what, path, errdefs.ErrFailedPrecondition)
+		return "", fmt.Errorf("content source %s is not a subvolume: %w", path, errdefs.ErrFailedPrecondition)
 	}
 	return path, nil
 }

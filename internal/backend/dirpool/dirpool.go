@@ -179,7 +179,7 @@ func (p *Pool) Usage(ctx context.Context, id string) (backend.Usage, error) {
 		}
 		return u, nil
 	}
-	return StatfsUsage(src.Path)
+	return backend.StatfsUsage(src.Path)
 }
 
 // ExpandVolume implements backend.Expander: the limit, where there is one,
@@ -254,21 +254,4 @@ func recordedCapacity(dir string) (int64, error) {
 // Reconcile implements backend.Backend.
 func (p *Pool) Reconcile(ctx context.Context, inv backend.Inventory) (backend.Report, error) {
 	return staging.ReconcilePool(ctx, p.volumes, p.snapshots, inv)
-}
-
-// StatfsUsage reports the usage of the filesystem holding path.
-func StatfsUsage(path string) (backend.Usage, error) {
-	var st unix.Statfs_t
-	if err := unix.Statfs(path, &st); err != nil {
-		return backend.Usage{}, fmt.Errorf("statfs %s: %w", path, err)
-	}
-	bs := int64(st.Bsize)
-	return backend.Usage{
-		TotalBytes:      int64(st.Blocks) * bs,
-		AvailableBytes:  int64(st.Bavail) * bs,
-		UsedBytes:       int64(st.Blocks-st.Bfree) * bs,
-		TotalInodes:     int64(st.Files),
-		AvailableInodes: int64(st.Ffree),
-		UsedInodes:      int64(st.Files - st.Ffree),
-	}, nil
 }

@@ -2,7 +2,6 @@ package dirpool
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -10,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cairn-csi/cairn/internal/backend"
+	"github.com/cairn-csi/cairn/internal/backend/staging"
 	"github.com/cairn-csi/cairn/internal/errdefs"
 	"github.com/cairn-csi/cairn/internal/fileclone"
 )
@@ -98,24 +98,12 @@ func (p *Pool) CreateVolumeFrom(ctx context.Context, id string, spec backend.Spe
 }
 
 func (p *Pool) contentPath(src backend.ContentSource) (string, error) {
-	var path, what string
-	switch {
-	case src.SnapshotID != "":
-		path, what = p.snapshots.Entry(src.SnapshotID), "snapshot "+src.SnapshotID
-	case src.VolumeID != "":
-		path, what = p.volumes.Entry(src.VolumeID), "volume "+src.VolumeID
-	default:
-		return "", fmt.Errorf("empty content source: %w", errdefs.ErrInvalidArgument)
-	}
-	st, err := os.Stat(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return "", fmt.Errorf("%s in pool %s: %w", what, p.root, errdefs.ErrNotFound)
-	}
+	path, err := staging.ContentEntry(p.volumes, p.snapshots, src)
 	if err != nil {
 		return "", err
 	}
-	if !st.IsDir() {
-		return "", fmt.Errorf("%s: %s is not a directory", what, path)
+	if st, err := os.Stat(path); err != nil || !st.IsDir() {
+		return "", fmt.Errorf("content source %s is not a directory: %v", path, err)
 	}
 	return path, nil
 }

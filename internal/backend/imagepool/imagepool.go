@@ -434,19 +434,11 @@ func (p *Pool) DeleteSnapshot(ctx context.Context, snapID string, commit func() 
 // lengthened to the requested size. The filesystem inside keeps its old
 // size until the node grows it at stage time (NodeExpandVolume).
 func (p *Pool) CreateVolumeFrom(ctx context.Context, id string, spec backend.Spec, src backend.ContentSource, commit func(backend.Volume) error) (backend.Volume, error) {
-	var from string
-	switch {
-	case src.SnapshotID != "" && src.VolumeID == "":
-		from = p.snapshots.Entry(src.SnapshotID)
-	case src.VolumeID != "" && src.SnapshotID == "":
-		from = p.volumes.Entry(src.VolumeID)
-	default:
-		return backend.Volume{}, fmt.Errorf("create volume %s: a content source names one snapshot or one volume, not %+v: %w", id, src, errdefs.ErrInvalidArgument)
+	from, err := staging.ContentEntry(p.volumes, p.snapshots, src)
+	if err != nil {
+		return backend.Volume{}, fmt.Errorf("create volume %s: %w", id, err)
 	}
 	srcSize, err := imageSize(from)
-	if errors.Is(err, fs.ErrNotExist) {
-		return backend.Volume{}, fmt.Errorf("create volume %s: content source %+v: %w", id, src, errdefs.ErrNotFound)
-	}
 	if err != nil {
 		return backend.Volume{}, fmt.Errorf("create volume %s: %w", id, err)
 	}

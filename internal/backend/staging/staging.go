@@ -290,3 +290,29 @@ func ReconcilePool(ctx context.Context, volumes, snapshots Dir, inv backend.Inve
 	}
 	return rep, nil
 }
+
+// ContentEntry resolves a content source (restore or clone) to its entry in
+// a pool laid out as volumes and snapshots directories. It fails with
+// errdefs.ErrInvalidArgument unless exactly one ID is set, and with
+// errdefs.ErrNotFound when that entry does not exist; what the entry must
+// be (a directory, a subvolume, an image) is the pool's to check.
+func ContentEntry(volumes, snapshots Dir, src backend.ContentSource) (string, error) {
+	var d Dir
+	var id, what string
+	switch {
+	case src.SnapshotID != "" && src.VolumeID == "":
+		d, id, what = snapshots, src.SnapshotID, "snapshot"
+	case src.VolumeID != "" && src.SnapshotID == "":
+		d, id, what = volumes, src.VolumeID, "volume"
+	default:
+		return "", fmt.Errorf("a content source names one snapshot or one volume, not %+v: %w", src, errdefs.ErrInvalidArgument)
+	}
+	exists, err := d.Exists(id)
+	if err != nil {
+		return "", err
+	}
+	if !exists {
+		return "", fmt.Errorf("%s %s in %s: %w", what, id, filepath.Dir(d.Path), errdefs.ErrNotFound)
+	}
+	return d.Entry(id), nil
+}

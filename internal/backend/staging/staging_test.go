@@ -8,7 +8,9 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/cairn-csi/cairn/internal/backend"
 	"github.com/cairn-csi/cairn/internal/backend/staging"
+	"github.com/cairn-csi/cairn/internal/errdefs"
 )
 
 func newDir(t *testing.T) staging.Dir {
@@ -108,5 +110,35 @@ func TestCreateAndDeleteCommitOrder(t *testing.T) {
 	}
 	if got := names(t, d); len(got) != 0 {
 		t.Fatalf("delete left %v", got)
+	}
+}
+
+func TestContentEntry(t *testing.T) {
+	vols, snaps := newDir(t), newDir(t)
+	for _, p := range []string{filepath.Join(vols.Path, "vol-a"), filepath.Join(snaps.Path, "snap-a")} {
+		if err := os.Mkdir(p, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		src  backend.ContentSource
+		want string // the entry, or the error class
+		err  error
+	}{
+		{"volume", backend.ContentSource{VolumeID: "vol-a"}, filepath.Join(vols.Path, "vol-a"), nil},
+		{"snapshot", backend.ContentSource{SnapshotID: "snap-a"}, filepath.Join(snaps.Path, "snap-a"), nil},
+		{"missing volume", backend.ContentSource{VolumeID: "vol-b"}, "", errdefs.ErrNotFound},
+		{"missing snapshot", backend.ContentSource{SnapshotID: "snap-b"}, "", errdefs.ErrNotFound},
+		{"a snapshot ID is not looked up among volumes", backend.ContentSource{SnapshotID: "vol-a"}, "", errdefs.ErrNotFound},
+		{"both", backend.ContentSource{VolumeID: "vol-a", SnapshotID: "snap-a"}, "", errdefs.ErrInvalidArgument},
+		{"neither", backend.ContentSource{}, "", errdefs.ErrInvalidArgument},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := staging.ContentEntry(vols, snaps, tc.src)
+			if got != tc.want || !errors.Is(err, tc.err) || (tc.err == nil) != (err == nil) {
+				t.Fatalf("ContentEntry(%+v) = %q, %v; want %q, %v", tc.src, got, err, tc.want, tc.err)
+			}
+		})
 	}
 }
