@@ -40,6 +40,7 @@ type Config struct {
 	DriverName              string
 	DataDir                 string
 	Pools                   poolFlags
+	MkfsOptions             mkfsFlags
 	Mode                    string
 	LogFormat               string
 	LogLevel                string
@@ -82,6 +83,7 @@ func Parse(args []string, getenv func(string) string, stderr io.Writer) (Config,
 	fs.StringVar(&c.DriverName, "driver-name", "cairn.csi.dev", "CSI driver name")
 	fs.StringVar(&c.DataDir, "data-dir", "/var/lib/cairn", "directory for the metadata store and the default pool")
 	fs.Var(&c.Pools, "pool", "a pool as name=type:path (types: "+strings.Join(PoolTypes(), ", ")+"); repeatable; default: default=dir:<data-dir>/pools/default")
+	fs.Var(&c.MkfsOptions, "mkfs-options", "trusted mkfs arguments for one pool and filesystem type, as pool:fstype=ARGS (e.g. raw:ext4=-E root_owner=1000:1000); repeatable; ';'-separated in the environment")
 	fs.StringVar(&c.Mode, "mode", "all", "services to serve: controller, node or all")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -113,8 +115,8 @@ func Parse(args []string, getenv func(string) string, stderr io.Writer) (Config,
 		if v == "" {
 			return
 		}
-		if f.Name == "pool" { // a list: comma-separated in the environment
-			for _, p := range strings.Split(v, ",") {
+		if sep := listSeparator[f.Name]; sep != "" { // a list in the environment
+			for _, p := range strings.Split(v, sep) {
 				if err := f.Value.Set(strings.TrimSpace(p)); err != nil {
 					envErr = errors.Join(envErr, fmt.Errorf("%s: %w", envName(f.Name), err))
 				}
@@ -220,7 +222,10 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 			}
 		}()
 	}
-	dpools, err := openPools(ctx, pools, log)
+	if err := c.MkfsOptions.check(pools); err != nil {
+		return err
+	}
+	dpools, err := openPools(ctx, pools, c.MkfsOptions, log)
 	if err != nil {
 		return err
 	}

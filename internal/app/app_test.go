@@ -229,7 +229,7 @@ func TestEveryFlagHasATwin(t *testing.T) {
 	}
 	// Candidate values by flag type; the first that parses and changes the
 	// config proves the twin is wired.
-	candidates := []string{"/twin-value", "true", "false", "9", "7s", "p=dir:/p"}
+	candidates := []string{"/twin-value", "true", "false", "9", "7s", "p=dir:/p", "p:ext4=-m 0"}
 	base, _ := Parse(nil, env(nil), io.Discard)
 	for name := range values {
 		wired := false

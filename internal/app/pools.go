@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -80,7 +81,58 @@ func PoolTypes() []string {
 	return out
 }
 
-func openPools(ctx context.Context, specs poolFlags, log *slog.Logger) ([]driver.Pool, error) {
+// listSeparator splits a repeatable flag's environment twin. mkfs arguments
+// contain commas (-E a=1,b=2), so they are separated by ';'.
+var listSeparator = map[string]string{"pool": ",", "mkfs-options": ";"}
+
+// mkfsFlags is --mkfs-options pool:fstype=ARGS, repeatable: mkfs arguments
+// the node's administrator trusts for one pool, which the API may not set.
+type mkfsFlags map[string]map[string][]string
+
+func (m *mkfsFlags) String() string {
+	var parts []string
+	for pool, byFS := range *m {
+		for fs, args := range byFS {
+			parts = append(parts, pool+":"+fs+"="+strings.Join(args, " "))
+		}
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ";")
+}
+
+// Set parses pool:fstype=ARGS.
+func (m *mkfsFlags) Set(v string) error {
+	key, args, ok := strings.Cut(v, "=")
+	pool, fs, ok2 := strings.Cut(key, ":")
+	if !ok || !ok2 || pool == "" {
+		return fmt.Errorf("mkfs options %q: want pool:fstype=ARGS", v)
+	}
+	switch fs {
+	case "ext4", "xfs", "btrfs":
+	default:
+		return fmt.Errorf("mkfs options %q: unknown filesystem type %q (ext4, xfs, btrfs)", v, fs)
+	}
+	if *m == nil {
+		*m = mkfsFlags{}
+	}
+	if (*m)[pool] == nil {
+		(*m)[pool] = map[string][]string{}
+	}
+	(*m)[pool][fs] = strings.Fields(args)
+	return nil
+}
+
+// check refuses options for a pool that is not configured.
+func (m mkfsFlags) check(pools poolFlags) error {
+	for name := range m {
+		if !slices.ContainsFunc(pools, func(p poolSpec) bool { return p.Name == name }) {
+			return fmt.Errorf("--mkfs-options names pool %q, which is not configured", name)
+		}
+	}
+	return nil
+}
+
+func openPools(ctx context.Context, specs poolFlags, mkfs mkfsFlags, log *slog.Logger) ([]driver.Pool, error) {
 	var out []driver.Pool
 	for _, s := range specs {
 		b, err := poolTypes[s.Type](ctx, s.Path, log.With("pool", s.Name))
@@ -96,7 +148,7 @@ func openPools(ctx context.Context, specs poolFlags, log *slog.Logger) ([]driver
 		if !c.Enforced {
 			log.Warn("pool does not enforce volume sizes: a volume can use more than its capacity", "pool", s.Name, "type", s.Type)
 		}
-		out = append(out, driver.Pool{Name: s.Name, Backend: b})
+		out = append(out, driver.Pool{Name: s.Name, Backend: b, Root: s.Path, MkfsOptions: mkfs[s.Name]})
 	}
 	return out, nil
 }

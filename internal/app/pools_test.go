@@ -102,7 +102,7 @@ func TestOpenPoolsDir(t *testing.T) {
 	if err := p.Set("default=dir:" + root); err != nil {
 		t.Fatal(err)
 	}
-	pools, err := openPools(context.Background(), p, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	pools, err := openPools(context.Background(), p, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +122,7 @@ func TestOpenPoolsFailure(t *testing.T) {
 	if err := p.Set("bad=dir:" + file + "/pool"); err != nil {
 		t.Fatal(err)
 	}
-	_, err := openPools(context.Background(), p, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	_, err := openPools(context.Background(), p, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err == nil || !strings.Contains(err.Error(), "pool bad") {
 		t.Errorf("openPools over a file: err = %v, want one naming the pool", err)
 	}

@@ -2,18 +2,23 @@ package driver
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/cairn-csi/cairn/internal/backend"
 	"github.com/cairn-csi/cairn/internal/errdefs"
+	"github.com/cairn-csi/cairn/internal/mkfsopts"
+	"github.com/cairn-csi/cairn/internal/mountfd"
 	"github.com/cairn-csi/cairn/internal/store"
 )
 
@@ -75,6 +80,22 @@ func parseCreateParams(params map[string]string) (createParams, error) {
 		}
 	}
 	return p, nil
+}
+
+// checkPoolMountFlags refuses, at create time, mount flags the node would
+// refuse at publish: a directory volume takes per-mount options only, an
+// image volume also its filesystem's allow-listed options.
+func checkPoolMountFlags(pool backend.Backend, fsType string, caps []*csi.VolumeCapability) error {
+	flagFS := ""
+	if _, ok := pool.(backend.ImageFiles); ok {
+		flagFS = firstNonEmpty(fsType, "ext4")
+	}
+	for i, c := range caps {
+		if _, _, err := mountfd.ParseOptions(flagFS, c.GetMount().GetMountFlags()); err != nil {
+			return fmt.Errorf("volume_capabilities[%d].mount.mount_flags: %w", i, err)
+		}
+	}
+	return nil
 }
 
 func checkFsType(field, fs string) error {
@@ -170,6 +191,16 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest,
 	if err := d.checkRequisite(req.GetAccessibilityRequirements()); err != nil {
 		return nil, err
 	}
+	if params.mkfsOptions != "" {
+		if access == backend.AccessBlock {
+			return nil, invalid("parameters.%s: a block volume is not formatted", ParamMkfsOptions)
+		}
+		args, err := mkfsopts.Parse(firstNonEmpty(fsType, "ext4"), params.mkfsOptions)
+		if err != nil {
+			return nil, fmt.Errorf("parameters.%w", err)
+		}
+		params.mkfsOptions = strings.Join(args, " ")
+	}
 
 	unlock, err := d.lock("name/" + req.GetName())
 	if err != nil {
@@ -187,6 +218,12 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest,
 	}
 	poolName, pool, err := d.pool(params.pool)
 	if err != nil {
+		return nil, err
+	}
+	if _, formats := pool.(backend.ImageFiles); params.mkfsOptions != "" && !formats {
+		return nil, invalid("parameters.%s: pool %q (%s) keeps volumes as directories and formats nothing", ParamMkfsOptions, poolName, pool.Type())
+	}
+	if err := checkPoolMountFlags(pool, fsType, req.GetVolumeCapabilities()); err != nil {
 		return nil, err
 	}
 	if srcPool != "" && srcPool != poolName {
@@ -431,6 +468,9 @@ func (d *Driver) deleteVolume(ctx context.Context, id string) error {
 		if mps, err := d.mountsOf(ctx, src); err == nil && len(mps) > 0 {
 			return fmt.Errorf("volume %s is still mounted at %v: %w", id, mps, errdefs.ErrFailedPrecondition)
 		}
+		if err := d.detachForDelete(ctx, id, src); err != nil {
+			return err
+		}
 	}
 	err = pool.DeleteVolume(ctx, id, func() error {
 		return d.store.Update(ctx, func(tx *store.Tx) error { return tx.DeleteVolume(id) })
@@ -439,6 +479,32 @@ func (d *Driver) deleteVolume(ctx context.Context, id string) error {
 		return err
 	}
 	d.log.Info("volume deleted", "volume", id, "name", v.Name, "pool", v.Pool)
+	return nil
+}
+
+// detachForDelete detaches the loop devices of an image that nothing
+// mounts (a block volume staged but not published, or a stage that failed
+// across a restart), so that no device is left pointing at a deleted image
+// and holding its space. A device some process still holds open cannot be
+// detached now; the delete is then refused rather than leaving it behind.
+func (d *Driver) detachForDelete(ctx context.Context, id string, src backend.Source) error {
+	if src.Kind != backend.SourceImageFile || d.cfg.Loop == nil {
+		return nil
+	}
+	devs, err := d.cfg.Loop.Find(ctx, src.Path)
+	if err != nil {
+		return err
+	}
+	for _, dev := range devs {
+		err := d.cfg.Loop.Detach(ctx, dev)
+		if errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("volume %s is attached to %s, which a process still holds open; unstage it first: %w", id, dev, errdefs.ErrFailedPrecondition)
+		}
+		if err != nil {
+			return fmt.Errorf("detach %s before delete: %w", dev, err)
+		}
+		d.log.Info("loop device detached before delete", "volume", id, "device", dev)
+	}
 	return nil
 }
 

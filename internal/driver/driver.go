@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"sort"
 	"sync/atomic"
 
@@ -65,6 +66,13 @@ type Config struct {
 type Pool struct {
 	Name    string
 	Backend backend.Backend
+	// Root is the pool's directory on the node. Node calls refuse staging
+	// and target paths at or below it.
+	Root string
+	// MkfsOptions are mkfs arguments per filesystem type that the node's
+	// administrator set for this pool (--mkfs-options). They are trusted,
+	// unlike the StorageClass's mkfsOptions, which pass an allow-list.
+	MkfsOptions map[string][]string
 }
 
 // Driver implements the CSI services.
@@ -81,8 +89,10 @@ type Driver struct {
 	mounter    *mount.SafeFormatAndMount
 	locks      keylock.Locks
 	ready      atomic.Bool
-	lastProbe  atomic.Pointer[string] // Probe's last verdict, to log changes only
-	reconciled reconcileRecord        // reconcile totals, for metrics
+	lastProbe  atomic.Pointer[string]         // Probe's last verdict, to log changes only
+	reconciled reconcileRecord                // reconcile totals, for metrics
+	protected  []string                       // pool roots and the data directory: never a staging or target path
+	adminMkfs  map[string]map[string][]string // pool → fs type → trusted mkfs arguments
 }
 
 // New makes a driver. st may be nil only in node mode.
@@ -118,8 +128,30 @@ func New(cfg Config, st *store.Store, pools []Pool, mounter *mount.SafeFormatAnd
 		}
 		d.pools[p.Name] = p.Backend
 		d.poolOrder = append(d.poolOrder, p.Name)
+		if p.Root != "" {
+			d.protected = append(d.protected, realPath(p.Root))
+		}
+		if len(p.MkfsOptions) > 0 {
+			if d.adminMkfs == nil {
+				d.adminMkfs = map[string]map[string][]string{}
+			}
+			d.adminMkfs[p.Name] = p.MkfsOptions
+		}
+	}
+	if cfg.StateDir != "" {
+		d.protected = append(d.protected, realPath(cfg.StateDir))
 	}
 	return d, nil
+}
+
+// realPath resolves the symbolic links in a directory the administrator
+// configured, so that it compares with the symlink-free paths node calls
+// accept.
+func realPath(p string) string {
+	if r, err := filepath.EvalSymlinks(p); err == nil {
+		return r
+	}
+	return filepath.Clean(p)
 }
 
 // pool returns the named pool, or the default one when name is empty: the

@@ -22,7 +22,6 @@ const (
 	attrSize            = "size"
 	attrPool            = "pool"
 	attrFsType          = "fsType"
-	attrMkfsOptions     = "mkfsOptions"
 )
 
 // podInfoKeys are added by kubelet when the CSIDriver has podInfoOnMount.
@@ -61,10 +60,9 @@ func (d *Driver) publishEphemeral(ctx context.Context, req *csi.NodePublishVolum
 			params[ParamPool] = v
 		case k == attrFsType:
 			params[ParamFsType] = v
-		case k == attrMkfsOptions:
-			params[ParamMkfsOptions] = v
 		default:
-			return invalid("volumeAttributes: unknown attribute %q (known: %s, %s, %s, %s)", truncate(k), attrSize, attrPool, attrFsType, attrMkfsOptions)
+			// A closed set: pods must not choose how the node formats.
+			return invalid("volumeAttributes: attribute %q is not accepted (accepted: %s, %s, %s)", truncate(k), attrSize, attrPool, attrFsType)
 		}
 	}
 	created, err := d.createVolume(ctx, &csi.CreateVolumeRequest{

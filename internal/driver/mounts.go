@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 
@@ -14,6 +14,7 @@ import (
 
 	"github.com/cairn-csi/cairn/internal/backend"
 	"github.com/cairn-csi/cairn/internal/errdefs"
+	"github.com/cairn-csi/cairn/internal/mountfd"
 )
 
 // LoopDevices is what the node needs of loop devices; internal/loopdev
@@ -144,83 +145,127 @@ func mountPointsOf(id mountIdentity) ([]string, error) {
 // mountState describes what is at a path now.
 type mountState struct {
 	exists   bool
-	symlink  bool
 	mounted  bool
-	ours     bool // a mount of the volume in question
+	ours     bool // the mount on top is a mount of the volume in question
 	readOnly bool
+	info     mountfd.Info
 }
 
-// inspect looks at path without following a final symlink.
+// inspect looks at path without following a symbolic link in any component
+// (one is refused with InvalidArgument), from statx and statfs of the path
+// alone: no mount table is read unless a device-backed btrfs needs it.
 func (d *Driver) inspect(path string, id mountIdentity) (mountState, error) {
 	var s mountState
-	fi, err := os.Lstat(path)
+	h, err := mountfd.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return s, nil
 	}
 	if err != nil {
 		return s, err
 	}
-	s.exists = true
-	if fi.Mode()&fs.ModeSymlink != 0 {
-		s.symlink = true
-		return s, nil
-	}
-	infos, err := mount.ParseMountInfo("/proc/self/mountinfo")
+	defer h.Close()
+	info, err := h.Stat()
 	if err != nil {
 		return s, err
 	}
-	// The last entry for a path is the one on top.
-	var top mount.MountInfo
-	for _, mi := range infos {
-		if mi.MountPoint == path {
-			s.mounted = true
-			s.readOnly = slices.Contains(mi.MountOptions, "ro")
-			top = mi
-		}
-	}
+	s.exists, s.mounted, s.readOnly, s.info = true, info.MountRoot, info.ReadOnly, info
 	if s.mounted {
-		s.ours = id.matchesMount(top)
+		s.ours = id.matchesInfo(info)
 	}
 	return s, nil
 }
 
-// unmountAll peels every mount layer off path. It returns how many it
-// removed. A symlink at path is refused: umount would follow it and
-// unmount whatever is mounted where it points.
-func (d *Driver) unmountAll(ctx context.Context, path string) (int, error) {
-	if fi, err := os.Lstat(path); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
-		return 0, invalid("%q is a symbolic link; refusing to follow it", path)
+// matchesInfo is matches for an opened mount point. A btrfs filesystem on a
+// loop device reports an anonymous st_dev, so for device sources the mount's
+// source device is looked up by mount ID as a last resort.
+func (id mountIdentity) matchesInfo(info mountfd.Info) bool {
+	switch {
+	case id.empty():
+		return false
+	case id.ino != 0:
+		return info.Dev == id.dev && info.Ino == id.ino
+	case info.BlockDevice():
+		return slices.Contains(id.rdevs, info.Rdev)
+	case slices.Contains(id.rdevs, info.Dev):
+		return true
 	}
-	n := 0
-	for ; n < maxStackedMounts; n++ {
-		if err := ctx.Err(); err != nil {
-			return n, err
-		}
-		mounted, err := d.mounter.IsMountPoint(path)
-		if errors.Is(err, fs.ErrNotExist) || (err == nil && !mounted) {
-			return n, nil
-		}
-		if err != nil {
-			// A mount whose backing storage vanished cannot be stat'ed;
-			// unmounting it is still the right thing.
-			if !mount.IsCorruptedMnt(err) {
-				return n, fmt.Errorf("inspect %s: %w", path, err)
-			}
-		}
-		if err := d.mounter.Unmount(path); err != nil {
-			return n, fmt.Errorf("unmount %s: %w", path, err)
-		}
+	infos, err := mount.ParseMountInfo("/proc/self/mountinfo")
+	if err != nil {
+		return false
 	}
-	return n, fmt.Errorf("%s still mounted after %d unmounts: %w", path, maxStackedMounts, errdefs.ErrFailedPrecondition)
+	for _, mi := range infos {
+		if uint64(mi.ID) != info.MountID || !strings.HasPrefix(mi.Source, "/dev/") {
+			continue
+		}
+		st, err := statT(mi.Source)
+		return err == nil && st.Mode&unix.S_IFMT == unix.S_IFBLK && slices.Contains(id.rdevs, st.Rdev)
+	}
+	return false
 }
 
-// mountOptions turns a capability's flags and readonly into bind options.
-func bindOptions(readOnly bool, flags []string) []string {
-	opts := []string{"bind"}
-	if readOnly {
-		opts = append(opts, "ro")
+// unmountOurs peels the mounts of the volume with identity id off path,
+// top first, and stops at the first layer that is not the volume's: that
+// one belongs to someone else and is left exactly as it is (foreign is
+// then true). It returns how many layers it removed.
+func (d *Driver) unmountOurs(ctx context.Context, path string, id mountIdentity) (n int, foreign bool, err error) {
+	for ; n < maxStackedMounts; n++ {
+		if err := ctx.Err(); err != nil {
+			return n, false, err
+		}
+		st, err := d.inspect(path, id)
+		if err != nil {
+			return n, false, err
+		}
+		if !st.mounted {
+			return n, false, nil
+		}
+		if !st.ours {
+			return n, true, nil
+		}
+		if err := mountfd.Unmount(path); err != nil {
+			return n, false, err
+		}
 	}
-	return append(opts, flags...)
+	return n, false, fmt.Errorf("%s still mounted after %d unmounts: %w", path, maxStackedMounts, errdefs.ErrFailedPrecondition)
+}
+
+// underPool reports which protected root (a pool's root, or the driver's
+// data directory) path is, or is below. Node calls refuse such paths: a
+// staging or target path inside a pool would mount one volume over
+// another's data, and unpublish would remove a volume's directory.
+func (d *Driver) underPool(path string) (string, bool) {
+	for _, root := range d.protected {
+		if path == root || strings.HasPrefix(path, root+"/") {
+			return root, true
+		}
+	}
+	return "", false
+}
+
+// checkNodePath is requirePath plus the refusal of pool paths, for the
+// paths the CO hands to node calls.
+func (d *Driver) checkNodePath(field, p string) error {
+	if err := requirePath(field, p); err != nil {
+		return err
+	}
+	if root, ok := d.underPool(filepath.Clean(p)); ok {
+		return invalid("%s %q is inside %q, which belongs to cairn; the CO's staging and target paths must be outside every pool and the data directory", field, truncate(p), root)
+	}
+	return nil
+}
+
+// bindAt bind-mounts source (a path cairn owns: a volume directory, a loop
+// device) or the already-opened src at the opened target.
+func bindAt(source string, src *mountfd.Handle, target *mountfd.Handle, attrs mountfd.Attrs) error {
+	if src == nil {
+		h, err := mountfd.OpenOwn(source)
+		if err != nil {
+			return err
+		}
+		defer h.Close()
+		src = h
+	}
+	return mountfd.Bind(src, target, attrs)
 }
 
 func hasOption(opts []string, o string) bool {

@@ -7,25 +7,28 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
+	"slices"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
 
 	"github.com/cairn-csi/cairn/internal/backend"
 	"github.com/cairn-csi/cairn/internal/errdefs"
+	"github.com/cairn-csi/cairn/internal/mkfsopts"
+	"github.com/cairn-csi/cairn/internal/mountfd"
 	"github.com/cairn-csi/cairn/internal/store"
 )
 
 // nodeVolume is a volume as the node sees it.
 type nodeVolume struct {
-	id     string
-	pool   string
-	b      backend.Backend
-	src    backend.Source
-	rec    *store.Volume // nil in node mode, which has no store
-	fsType string
-	mkfs   []string
+	id      string
+	pool    string
+	b       backend.Backend
+	src     backend.Source
+	rec     *store.Volume // nil in node mode, which has no store
+	fsType  string
+	mkfs    []string // admin's options for the pool, then the StorageClass's, allow-listed
+	mkfsErr error    // the StorageClass's options failed the allow-list
 }
 
 // findVolume resolves a volume ID on this node: from the store when this
@@ -33,6 +36,7 @@ type nodeVolume struct {
 // by asking every pool.
 func (d *Driver) findVolume(ctx context.Context, id string, volCtx map[string]string) (nodeVolume, error) {
 	nv := nodeVolume{id: id}
+	mkfsRaw := ""
 	candidates := d.poolOrder
 	if d.store != nil {
 		rec, err := d.volumeRecord(ctx, id)
@@ -40,13 +44,13 @@ func (d *Driver) findVolume(ctx context.Context, id string, volCtx map[string]st
 			return nv, err
 		}
 		nv.rec = &rec
-		nv.fsType, nv.mkfs = rec.FsType, strings.Fields(rec.MkfsOptions)
+		nv.fsType, mkfsRaw = rec.FsType, rec.MkfsOptions
 		candidates = []string{rec.Pool}
 	} else {
 		if p := volCtx[ctxPool]; p != "" {
 			candidates = []string{p}
 		}
-		nv.fsType, nv.mkfs = volCtx[ctxFsType], strings.Fields(volCtx[ctxMkfsOptions])
+		nv.fsType, mkfsRaw = volCtx[ctxFsType], volCtx[ctxMkfsOptions]
 	}
 	for _, name := range candidates {
 		b, ok := d.pools[name]
@@ -61,6 +65,16 @@ func (d *Driver) findVolume(ctx context.Context, id string, volCtx map[string]st
 			return nv, err
 		}
 		nv.pool, nv.b, nv.src = name, b, src
+		// The StorageClass's options pass the allow-list again here: in
+		// node mode they arrive in the volume context, which is input.
+		fsType := firstNonEmpty(nv.fsType, "ext4")
+		args, err := mkfsopts.Parse(fsType, mkfsRaw)
+		if err != nil {
+			// Only staging formats, so only staging fails; unstage and
+			// unpublish of such a volume still work.
+			nv.mkfsErr = fmt.Errorf("volume %s: %w", id, err)
+		}
+		nv.mkfs = append(slices.Clone(d.adminMkfs[name][fsType]), args...)
 		return nv, nil
 	}
 	return nv, fmt.Errorf("volume %s: %w", id, errdefs.ErrNotFound)
@@ -90,6 +104,9 @@ func accessName(c *csi.VolumeCapability) string {
 // mounted at the staging path; image volumes are attached to a loop device
 // and, for mount access, formatted if blank and mounted there.
 func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
+	if err := d.checkNodePath("staging_target_path", req.GetStagingTargetPath()); err != nil && req.GetVolumeId() != "" {
+		return nil, toStatus(err)
+	}
 	return &csi.NodeStageVolumeResponse{}, toStatus(d.nodeStage(ctx, req))
 }
 
@@ -122,11 +139,17 @@ func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 	if err := nv.checkAccess(req.GetVolumeCapability()); err != nil {
 		return err
 	}
-	fi, err := os.Lstat(staging)
-	if err != nil {
-		return invalid("staging_target_path %q must be a directory the CO created: %v", staging, err)
+	if nv.mkfsErr != nil && nv.src.Kind == backend.SourceImageFile && !nv.block(req.GetVolumeCapability()) {
+		return nv.mkfsErr
 	}
-	if !fi.IsDir() {
+	// The CO creates the staging directory; a symlink anywhere in its path
+	// is refused, so the mount cannot land outside it.
+	if info, err := mountfd.StatPath(staging); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return invalid("staging_target_path %q must be a directory the CO created", staging)
+		}
+		return fmt.Errorf("staging_target_path: %w", err)
+	} else if !info.Dir() {
 		return invalid("staging_target_path %q is not a directory", staging)
 	}
 
@@ -179,8 +202,13 @@ func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 	m := req.GetVolumeCapability().GetMount()
 	switch nv.src.Kind {
 	case backend.SourceDirectory:
-		if err := d.mounter.Mount(nv.src.Path, staging, "", bindOptions(false, nil)); err != nil {
-			return fmt.Errorf("bind mount %s at %s: %w", nv.src.Path, staging, err)
+		sh, err := mountfd.Open(staging)
+		if err != nil {
+			return fmt.Errorf("staging_target_path: %w", err)
+		}
+		defer sh.Close()
+		if err := bindAt(nv.src.Path, nil, sh, mountfd.Attrs{}); err != nil {
+			return err
 		}
 	case backend.SourceImageFile:
 		devs, err := d.cfg.Loop.Find(ctx, nv.src.Path)
@@ -190,6 +218,9 @@ func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 		fsType := firstNonEmpty(m.GetFsType(), nv.fsType, "ext4")
 		if err := checkFsType("volume_capability.mount.fs_type", fsType); err != nil {
 			return err
+		}
+		if _, _, err := mountfd.ParseOptions(fsType, m.GetMountFlags()); err != nil {
+			return fmt.Errorf("volume_capability.mount.mount_flags: %w", err)
 		}
 		opts := imageMountOptions(fsType, m.GetMountFlags())
 		if err := d.mounter.FormatAndMountSensitiveWithFormatOptions(devs[0], staging, fsType, opts, nil, nv.mkfs); err != nil {
@@ -211,6 +242,9 @@ func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 // NodeUnstageVolume implements csi.NodeServer. It works whether or not the
 // volume still exists, so a node can always be cleaned up.
 func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
+	if err := d.checkNodePath("staging_target_path", req.GetStagingTargetPath()); err != nil && req.GetVolumeId() != "" {
+		return nil, toStatus(err)
+	}
 	return &csi.NodeUnstageVolumeResponse{}, toStatus(d.nodeUnstage(ctx, req))
 }
 
@@ -227,11 +261,23 @@ func (d *Driver) nodeUnstage(ctx context.Context, req *csi.NodeUnstageVolumeRequ
 		return err
 	}
 	defer unlock()
-	n, err := d.unmountAll(ctx, staging)
-	if err != nil {
+	nv, err := d.findVolume(ctx, req.GetVolumeId(), nil)
+	if err != nil && !errdefs.Is(err, errdefs.ErrNotFound) {
 		return err
 	}
-	nv, err := d.findVolume(ctx, req.GetVolumeId(), nil)
+	var id mountIdentity
+	if err == nil {
+		if id, err = d.identityOf(ctx, nv.src); err != nil {
+			return err
+		}
+	}
+	n, foreign, uerr := d.unmountOurs(ctx, staging, id)
+	if uerr != nil {
+		return uerr
+	}
+	if foreign {
+		d.log.Warn("unstage: staging_target_path holds a mount that is not this volume's; left untouched", "volume", req.GetVolumeId(), "staging", staging)
+	}
 	switch {
 	case err == nil && nv.src.Kind == backend.SourceImageFile && d.cfg.Loop != nil:
 		if err := d.detachUnused(ctx, nv); err != nil {
@@ -295,8 +341,18 @@ func (d *Driver) detach(ctx context.Context, volID, dev string) error {
 // volume (or, for block access, of its device) at the target, which the
 // plugin creates.
 func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	if req.GetVolumeId() != "" {
+		if err := d.checkNodePath("target_path", req.GetTargetPath()); err != nil {
+			return nil, toStatus(err)
+		}
+	}
 	if req.GetVolumeContext()[ephemeralContextKey] == "true" {
 		return &csi.NodePublishVolumeResponse{}, toStatus(d.publishEphemeral(ctx, req))
+	}
+	if req.GetVolumeId() != "" && req.GetTargetPath() != "" {
+		if err := d.checkNodePath("staging_target_path", req.GetStagingTargetPath()); err != nil {
+			return nil, toStatus(err)
+		}
 	}
 	return &csi.NodePublishVolumeResponse{}, toStatus(d.nodePublish(ctx, req))
 }
@@ -364,14 +420,24 @@ func (d *Driver) nodePublish(ctx context.Context, req *csi.NodePublishVolumeRequ
 		return fmt.Errorf("volume %s is not staged at %q: %w", nv.id, staging, errdefs.ErrFailedPrecondition)
 	}
 
+	// Per-mount flags apply to the bind; a filesystem's own options were
+	// applied when it was staged. A directory volume has only the former.
+	flagFS := ""
+	if nv.src.Kind == backend.SourceImageFile && !nv.block(cap) {
+		flagFS = firstNonEmpty(cap.GetMount().GetFsType(), nv.fsType, "ext4")
+	}
+	attrs, _, err := mountfd.ParseOptions(flagFS, cap.GetMount().GetMountFlags())
+	if err != nil {
+		return fmt.Errorf("volume_capability.mount.mount_flags: %w", err)
+	}
+	readOnly := attrs.ReadOnly || req.GetReadonly() || cap.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
+	attrs.ReadOnly = readOnly
+
 	st, err := d.inspect(target, id)
 	if err != nil {
-		return err
+		return fmt.Errorf("target_path: %w", err)
 	}
-	readOnly := req.GetReadonly() || cap.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
 	switch {
-	case st.symlink:
-		return invalid("target_path %q is a symbolic link; refusing to follow it", target)
 	case st.mounted && st.ours && st.readOnly == readOnly:
 		return nil // already published: never stack a second mount
 	case st.mounted && st.ours:
@@ -392,62 +458,41 @@ func (d *Driver) nodePublish(ctx context.Context, req *csi.NodePublishVolumeRequ
 		}
 	}
 
-	created, err := makeTarget(target, nv.block(cap))
+	th, created, err := mountfd.MakeTarget(target, nv.block(cap))
 	if err != nil {
-		return err
+		return fmt.Errorf("target_path: %w", err)
 	}
-	var flags []string
-	if m := cap.GetMount(); m != nil {
-		flags = m.GetMountFlags()
-	}
-	if err := d.mounter.Mount(bindSource, target, "", bindOptions(readOnly, flags)); err != nil {
-		if created {
-			os.Remove(target)
+	defer th.Close()
+	var src *mountfd.Handle
+	if !nv.block(cap) {
+		// The staged mount, opened the same symlink-free way, is cloned.
+		if src, err = mountfd.Open(staging); err != nil {
+			return fmt.Errorf("staging_target_path: %w", err)
 		}
-		return fmt.Errorf("bind mount at %s: %w", target, err)
+		defer src.Close()
+	}
+	if err := bindAt(bindSource, src, th, attrs); err != nil {
+		if created {
+			if rerr := mountfd.RemoveTarget(target); rerr != nil {
+				err = errors.Join(err, rerr)
+			}
+		}
+		return err
 	}
 	d.log.Info("volume published", "volume", nv.id, "target", target, "readonly", readOnly)
 	return nil
 }
 
-// makeTarget creates the target: a directory for mount access, an empty
-// file for block access. It reports whether it created it.
-func makeTarget(target string, block bool) (bool, error) {
-	parent := filepath.Dir(target)
-	if err := os.MkdirAll(parent, 0o750); err != nil {
-		return false, fmt.Errorf("target_path parent: %w", err)
-	}
-	if block {
-		f, err := os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o640)
-		if errors.Is(err, fs.ErrExist) {
-			fi, statErr := os.Lstat(target)
-			if statErr == nil && fi.Mode().IsRegular() {
-				return false, nil
-			}
-			return false, invalid("target_path %q exists and is not a regular file", target)
-		}
-		if err != nil {
-			return false, fmt.Errorf("create target file: %w", err)
-		}
-		return true, f.Close()
-	}
-	err := os.Mkdir(target, 0o750)
-	if errors.Is(err, fs.ErrExist) {
-		fi, statErr := os.Lstat(target)
-		if statErr == nil && fi.IsDir() {
-			return false, nil
-		}
-		return false, invalid("target_path %q exists and is not a directory", target)
-	}
-	if err != nil {
-		return false, fmt.Errorf("create target directory: %w", err)
-	}
-	return true, nil
-}
-
-// NodeUnpublishVolume implements csi.NodeServer: unmount every layer at the
-// target and remove it. A missing or unmounted target is success.
+// NodeUnpublishVolume implements csi.NodeServer: unmount the volume's
+// layers at the target and remove it. A missing or unmounted target is
+// success; so is a target that holds something else, which is left exactly
+// as it is (the spec's idempotency allows this, and the log says why).
 func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
+	if req.GetVolumeId() != "" {
+		if err := d.checkNodePath("target_path", req.GetTargetPath()); err != nil {
+			return nil, toStatus(err)
+		}
+	}
 	return &csi.NodeUnpublishVolumeResponse{}, toStatus(d.nodeUnpublish(ctx, req))
 }
 
@@ -464,28 +509,63 @@ func (d *Driver) nodeUnpublish(ctx context.Context, req *csi.NodeUnpublishVolume
 		return err
 	}
 	defer unlock()
-	fi, err := os.Lstat(target)
-	if errors.Is(err, fs.ErrNotExist) {
+	exists, err := mountfd.Exists(target)
+	if err != nil {
+		return fmt.Errorf("target_path: %w", err)
+	}
+	if !exists {
 		return d.unpublishEphemeral(ctx, req.GetVolumeId(), target)
 	}
+	id, known, err := d.publishedIdentity(ctx, req.GetVolumeId())
 	if err != nil {
 		return err
 	}
-	if fi.Mode()&fs.ModeSymlink != 0 {
-		return invalid("target_path %q is a symbolic link; refusing to follow it", target)
+	if !known {
+		d.log.Warn("unpublish: no such volume on this node; target left untouched", "volume", req.GetVolumeId(), "target", target)
+		return nil
 	}
-	n, err := d.unmountAll(ctx, target)
+	n, foreign, err := d.unmountOurs(ctx, target, id)
 	if err != nil {
 		return err
 	}
-	// os.Remove, never RemoveAll: if anything is left inside, it is not ours.
-	if err := os.Remove(target); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if foreign {
+		d.log.Warn("unpublish: target_path holds a mount that is not this volume's; left untouched", "volume", req.GetVolumeId(), "target", target, "unmounted", n)
+		return nil
+	}
+	// Only an empty directory or a file goes: if anything is left inside,
+	// it is not ours.
+	if err := mountfd.RemoveTarget(target); err != nil {
 		return fmt.Errorf("remove target %s: %w", target, err)
 	}
 	if n > 0 {
 		d.log.Info("volume unpublished", "volume", req.GetVolumeId(), "target", target, "unmounted", n)
 	}
 	return d.unpublishEphemeral(ctx, req.GetVolumeId(), target)
+}
+
+// publishedIdentity is the identity of what NodePublishVolume would have
+// mounted for volID: the volume's, or for an ephemeral volume (published
+// under kubelet's ID) the identity of the volume made for it. known is
+// false when there is no such volume here.
+func (d *Driver) publishedIdentity(ctx context.Context, volID string) (mountIdentity, bool, error) {
+	nv, err := d.findVolume(ctx, volID, nil)
+	if errdefs.Is(err, errdefs.ErrNotFound) && d.store != nil {
+		var rec store.Volume
+		err = d.store.View(ctx, func(tx *store.Tx) (err error) { rec, err = tx.VolumeByName(volID); return })
+		if err == nil && rec.Ephemeral {
+			nv, err = d.findVolume(ctx, rec.ID, nil)
+		} else if err == nil {
+			err = fmt.Errorf("volume %s: %w", volID, errdefs.ErrNotFound)
+		}
+	}
+	if errdefs.Is(err, errdefs.ErrNotFound) {
+		return mountIdentity{}, false, nil
+	}
+	if err != nil {
+		return mountIdentity{}, false, err
+	}
+	id, err := d.identityOf(ctx, nv.src)
+	return id, err == nil, err
 }
 
 // NodeGetVolumeStats implements csi.NodeServer.
@@ -590,8 +670,8 @@ func (d *Driver) nodeExpand(ctx context.Context, req *csi.NodeExpandVolumeReques
 	if err != nil {
 		return nil, err
 	}
-	if _, err := os.Stat(path); err != nil {
-		return nil, fmt.Errorf("volume_path %q: %v: %w", path, err, errdefs.ErrNotFound)
+	if err := d.checkExpandPath(ctx, nv, req.GetVolumeCapability(), path); err != nil {
+		return nil, err
 	}
 	size := int64(0)
 	if nv.rec != nil {
@@ -617,6 +697,33 @@ func (d *Driver) nodeExpand(ctx context.Context, req *csi.NodeExpandVolumeReques
 		size = req.GetCapacityRange().GetRequiredBytes()
 	}
 	return &csi.NodeExpandVolumeResponse{CapacityBytes: size}, nil
+}
+
+// checkExpandPath makes sure volume_path is where this volume is: for a
+// filesystem, a mount of the volume; for a block volume, the device's bind
+// mount, or (Kubernetes passes a directory of its own for block volumes)
+// any existing path while the volume is attached on this node. Anything
+// else is NOT_FOUND, so a caller cannot make the node grow or report on a
+// path that is not the volume's.
+func (d *Driver) checkExpandPath(ctx context.Context, nv nodeVolume, c *csi.VolumeCapability, path string) error {
+	id, err := d.identityOf(ctx, nv.src)
+	if err != nil {
+		return err
+	}
+	st, err := d.inspect(path, id)
+	if err != nil {
+		return fmt.Errorf("volume_path: %w", err)
+	}
+	if st.mounted && st.ours {
+		return nil
+	}
+	block := c.GetBlock() != nil || (nv.rec != nil && nv.rec.AccessType == backend.AccessBlock.String())
+	if block && st.exists && nv.src.Kind == backend.SourceImageFile && d.cfg.Loop != nil {
+		if devs, err := d.cfg.Loop.Find(ctx, nv.src.Path); err == nil && len(devs) > 0 {
+			return nil
+		}
+	}
+	return fmt.Errorf("volume %s is not mounted at volume_path %q: %w", nv.id, path, errdefs.ErrNotFound)
 }
 
 // growImageOnNode refreshes the loop device's size and grows a mounted

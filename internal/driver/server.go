@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"github.com/kubernetes-csi/csi-lib-utils/protosanitizer"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 )
@@ -47,16 +46,16 @@ func (n nodeCapabilities) NodeGetCapabilities(ctx context.Context, req *csi.Node
 // blanks every field marked csi_secret, so secrets never reach the log.
 func (d *Driver) logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	start := time.Now()
-	d.log.Debug("call", "method", info.FullMethod, "request", protosanitizer.StripSecrets(req).String())
+	d.log.Debug("call", "method", info.FullMethod, "request", redacted(req))
 	resp, err := handler(ctx, req)
 	attrs := []any{"method", info.FullMethod, "duration", time.Since(start)}
 	if err != nil {
 		st, _ := status.FromError(err)
-		attrs = append(attrs, "code", st.Code().String(), "err", st.Message(), "request", protosanitizer.StripSecrets(req).String())
+		attrs = append(attrs, "code", st.Code().String(), "err", st.Message(), "request", redacted(req))
 		d.log.Log(ctx, levelFor(st.Code().String()), "call failed", attrs...)
 		return resp, err
 	}
-	d.log.Debug("call done", append(attrs, "response", protosanitizer.StripSecrets(resp).String())...)
+	d.log.Debug("call done", append(attrs, "response", redacted(resp))...)
 	return resp, nil
 }
 

@@ -71,6 +71,17 @@ func TestSecretsNeverLogged(t *testing.T) {
 	tok := token(t)
 	secretKey, secretValue := "cairn-secret-key-"+tok, "cairn-secret-value-"+tok
 	secrets := map[string]string{secretKey: secretValue, "password": "hunter2-" + tok}
+	// kubelet puts the pod's service-account tokens in volume_context, a
+	// field the spec does not mark secret (issue 10, hole 4): they must be
+	// redacted as well, on every call that carries a context.
+	volCtx := map[string]string{
+		"csi.storage.k8s.io/serviceAccount.tokens": `{"cairn":{"token":"sa-token-` + tok + `","expirationTimestamp":"2030-01-01T00:00:00Z"}}`,
+		"csi.storage.k8s.io/pod.name":              "pod-a",
+	}
+	inlineCtx := map[string]string{"csi.storage.k8s.io/ephemeral": "true", "size": "1Mi"}
+	for k, v := range volCtx {
+		inlineCtx[k] = v
+	}
 	// A marker in a field that is not secret must be logged: it proves the
 	// log has request bodies, so the absence of the secrets means something.
 	marker := "visible-marker-" + token(t)
@@ -104,7 +115,7 @@ func TestSecretsNeverLogged(t *testing.T) {
 		}},
 		{"ValidateVolumeCapabilities", func() error {
 			_, err := ctl.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: volID,
-				VolumeCapabilities: []*csi.VolumeCapability{mountCap}, Secrets: secrets})
+				VolumeCapabilities: []*csi.VolumeCapability{mountCap}, Secrets: secrets, VolumeContext: volCtx})
 			return err
 		}},
 		{"ControllerGetVolumeHealth", func() error {
@@ -136,12 +147,12 @@ func TestSecretsNeverLogged(t *testing.T) {
 		{"NodeStageVolume", func() error {
 			os.MkdirAll(filepath.Join(dir, "staging"), 0o750)
 			_, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: volID, StagingTargetPath: filepath.Join(dir, "staging"),
-				VolumeCapability: mountCap, Secrets: secrets})
+				VolumeCapability: mountCap, Secrets: secrets, VolumeContext: volCtx})
 			return err
 		}},
 		{"NodePublishVolume", func() error {
 			_, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: volID, StagingTargetPath: filepath.Join(dir, "staging"),
-				TargetPath: filepath.Join(dir, "target"), VolumeCapability: mountCap, Secrets: secrets})
+				TargetPath: filepath.Join(dir, "target"), VolumeCapability: mountCap, Secrets: secrets, VolumeContext: volCtx})
 			return err
 		}},
 		{"NodeExpandVolume", func() error {
@@ -155,6 +166,15 @@ func TestSecretsNeverLogged(t *testing.T) {
 		}},
 		{"NodeUnstageVolume", func() error {
 			_, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: volID, StagingTargetPath: filepath.Join(dir, "staging")})
+			return err
+		}},
+		{"NodePublishVolume", func() error { // an inline volume, with the pod's tokens
+			_, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: marker + "-inline", TargetPath: filepath.Join(dir, "inline-ok"),
+				VolumeCapability: mountCap, Secrets: secrets, VolumeContext: inlineCtx})
+			return err
+		}},
+		{"NodeUnpublishVolume", func() error {
+			_, err := node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: marker + "-inline", TargetPath: filepath.Join(dir, "inline-ok")})
 			return err
 		}},
 		{"DeleteSnapshot", func() error {
@@ -191,8 +211,18 @@ func TestSecretsNeverLogged(t *testing.T) {
 				CapacityRange: &csi.CapacityRange{RequiredBytes: 10, LimitBytes: 5}, Secrets: secrets})
 			return err
 		}},
+		{"CreateVolume", func() error { // credentials in parameters, refused as unknown
+			_, err := ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: marker + "-param", VolumeCapabilities: []*csi.VolumeCapability{mountCap},
+				Parameters: map[string]string{"db-password": "param-" + tok, "apiToken": "param-" + tok}, Secrets: secrets})
+			return err
+		}},
 		{"DeleteVolume", func() error {
 			_, err := ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: "../" + marker, Secrets: secrets})
+			return err
+		}},
+		{"ValidateVolumeCapabilities", func() error {
+			_, err := ctl.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: "vol-0000000000000000",
+				VolumeCapabilities: []*csi.VolumeCapability{mountCap}, Secrets: secrets, VolumeContext: volCtx})
 			return err
 		}},
 		{"ValidateVolumeCapabilities", func() error {
@@ -249,7 +279,12 @@ func TestSecretsNeverLogged(t *testing.T) {
 		}},
 		{"NodeStageVolume", func() error {
 			_, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: "vol-0000000000000000", StagingTargetPath: filepath.Join(dir, "staging"),
-				VolumeCapability: mountCap, Secrets: secrets})
+				VolumeCapability: mountCap, Secrets: secrets, VolumeContext: volCtx})
+			return err
+		}},
+		{"NodePublishVolume", func() error { // a volume that does not exist, with the pod's tokens
+			_, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: "vol-0000000000000000", StagingTargetPath: filepath.Join(dir, "staging"),
+				TargetPath: filepath.Join(dir, "target"), VolumeCapability: mountCap, Secrets: secrets, VolumeContext: volCtx})
 			return err
 		}},
 		{"NodePublishVolume", func() error {
@@ -260,7 +295,7 @@ func TestSecretsNeverLogged(t *testing.T) {
 		{"NodePublishVolume", func() error { // an inline volume with a bad attribute
 			_, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: marker, TargetPath: filepath.Join(dir, "inline"),
 				VolumeCapability: mountCap, Secrets: secrets,
-				VolumeContext: map[string]string{"csi.storage.k8s.io/ephemeral": "true", "size": "lots"}})
+				VolumeContext: map[string]string{"csi.storage.k8s.io/ephemeral": "true", "size": "lots", "csi.storage.k8s.io/serviceAccount.tokens": volCtx["csi.storage.k8s.io/serviceAccount.tokens"]}})
 			return err
 		}},
 		{"NodeExpandVolume", func() error {

@@ -3,9 +3,7 @@ package dirpool
 import (
 	"context"
 	"fmt"
-	"io/fs"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/cairn-csi/cairn/internal/backend"
@@ -42,7 +40,9 @@ func (p *Pool) CreateSnapshot(ctx context.Context, snapID, volID string, commit 
 		p.log.Debug("snapshot copied", "snapshot", snapID, "volume", volID, "method", m.String())
 		return nil
 	}, func() error {
-		size, err := treeSize(p.snapshots.Entry(snapID))
+		// A snapshot's size is its source's capacity, as in the other
+		// pools: a restore needs that much room, whatever is in use now.
+		size, err := recordedCapacity(src.Path)
 		if err != nil {
 			return err
 		}
@@ -106,23 +106,4 @@ func (p *Pool) contentPath(src backend.ContentSource) (string, error) {
 		return "", fmt.Errorf("content source %s is not a directory: %v", path, err)
 	}
 	return path, nil
-}
-
-// treeSize is the bytes allocated under dir (what the snapshot costs).
-func treeSize(dir string) (int64, error) {
-	var total int64
-	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.Type().IsRegular() {
-			fi, err := d.Info()
-			if err != nil {
-				return err
-			}
-			total += fi.Size()
-		}
-		return nil
-	})
-	return total, err
 }
