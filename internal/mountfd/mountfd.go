@@ -107,9 +107,13 @@ func OpenOwn(path string) (*Handle, error) {
 		return nil, classify(path, err)
 	}
 	h := &Handle{fd: fd, path: path}
-	if info, err := h.Stat(); err != nil || info.Mode&unix.S_IFMT == unix.S_IFLNK {
+	info, err := h.Stat()
+	if err == nil && info.Mode&unix.S_IFMT == unix.S_IFLNK {
+		err = fmt.Errorf("%s: %w", path, ErrSymlink)
+	}
+	if err != nil {
 		h.Close()
-		return nil, fmt.Errorf("%s: %w", path, ErrSymlink)
+		return nil, err
 	}
 	return h, nil
 }
