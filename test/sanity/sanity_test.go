@@ -94,7 +94,7 @@ var allowedSkips = []*regexp.Regexp{
 	regexp.MustCompile(`CreateSnapshot not supported|ListSnapshots not supported|GetSnapshot not supported|DeleteSnapshot not supported|CloneVolume not supported|Snapshot not supported`),
 	regexp.MustCompile(`ControllerExpandVolume not supported|NodeExpandVolume not supported`),
 	regexp.MustCompile(`Single node multi writer`),
-	regexp.MustCompile(`^environment: `), // listed, and the target named, in the report
+	regexp.MustCompile(`^environment: `),  // listed, and the target named, in the report
 	regexp.MustCompile(`^not selected: `), // CAIRN_SANITY_TARGETS
 }
 
