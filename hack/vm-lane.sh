@@ -47,7 +47,9 @@ skip() {
 }
 
 # Each package: name | import path | env (one KEY=VALUE, or empty) | -test.run patterns (;-separated).
-# Heaviest first, so that two VMs at a time finish close together.
+# Heaviest first, so that two VMs at a time finish close together. A pool
+# that needs device-mapper (LVM thin, dm-crypt) adds its package here: the
+# VM has lvm2, thin-provisioning-tools and cryptsetup, and loop devices.
 PKGS=(
   "sanity|./test/sanity|CAIRN_SANITY_TARGETS=dir/ext4-prjquota,dir/xfs-prjquota|^TestSanity\$"
   "image|./test/image||^(TestOnlineExpansion|TestGrowAtStage|TestBlockExpansionLeavesWorkloadFilesystem)\$"
