@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cairn-csi/cairn/internal/testfs"
 )
 
 // fsKinds are the filesystems tests can ask newTestFS for.
@@ -100,7 +102,7 @@ func newTestFS(tb testing.TB, kind string) string {
 			if known {
 				why = "/proc/config.gz lacks " + strings.Join(missing, ", ")
 			}
-			tb.Skipf("kernel cannot mount %s (%v): %s", kind, err, why)
+			testfs.SkipKernel(tb, "kernel cannot mount %s (%v): %s", kind, err, why)
 		}
 		tb.Fatalf("mount %s on %s: %v", kind, dev, err)
 	}
@@ -168,7 +170,7 @@ var quotactlModes = []struct {
 func setMode(t *testing.T, fd bool) {
 	t.Helper()
 	if fd && !quotactlFDAvailable() {
-		t.Skip("kernel has no quotactl_fd(2)")
+		testfs.SkipKernel(t, "kernel has no quotactl_fd(2)")
 	}
 	useQuotactlFD = func() bool { return fd }
 	t.Cleanup(func() { useQuotactlFD = quotactlFDAvailable })
@@ -240,4 +242,19 @@ func writeFileAsIs(path string, n int64) (int64, error) {
 func inherits(path string) (bool, error) {
 	fsx, err := getXattr(path)
 	return fsx.XFlags&fsXFlagProjInherit != 0, err
+}
+
+// quotaErrno is the error a write past a project's hard limit gets on the
+// filesystem at path: XFS says ENOSPC for project quota, ext4 (the
+// kernel's generic quota code) EDQUOT.
+func quotaErrno(tb testing.TB, path string) unix.Errno {
+	tb.Helper()
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		tb.Fatal(err)
+	}
+	if st.Type == unix.XFS_SUPER_MAGIC {
+		return unix.ENOSPC
+	}
+	return unix.EDQUOT
 }

@@ -291,8 +291,8 @@ func checkLimits(t *testing.T, ctx context.Context, mnt, name string, id uint32)
 		t.Fatal(err)
 	}
 	written, err := writeFile(filepath.Join(vol, "sub", "big"), 16*mib)
-	if !errors.Is(err, unix.EDQUOT) && !errors.Is(err, unix.ENOSPC) { // XFS says ENOSPC for projects
-		t.Fatalf("writing 16 MiB under an 8 MiB limit: wrote %d, err %v; want EDQUOT or ENOSPC", written, err)
+	if want := quotaErrno(t, mnt); !errors.Is(err, want) { // XFS says ENOSPC for projects
+		t.Fatalf("writing 16 MiB under an 8 MiB limit: wrote %d, err %v; want %v", written, err, want)
 	}
 	t.Logf("stopped after %d bytes: %v", written, err)
 	used, limit, inodes, err := Usage(ctx, mnt, id)

@@ -8,6 +8,9 @@
 // It is a test helper: import it from _test.go files only. Everything here
 // needs root, and skips the test (never fails it) when not root, when the
 // mkfs tool is missing, or when the kernel cannot mount the filesystem.
+// In the VM lane (hack/vm-lane.sh sets CAIRN_VM_LANE=1, see VMLane), a
+// kernel or capability the test needs is required instead: its absence
+// fails the test, so that the lane cannot pass by skipping.
 package testfs
 
 import (
@@ -50,6 +53,7 @@ var kinds = map[string]kind{
 //   - "ext4"
 //   - "ext4-prjquota": ext4 made with -O quota,project, mounted -o prjquota
 //   - "xfs": mounted -o prjquota; skips on kernels without XFS quota support
+//     (and fails in the VM lane, see SkipKernel)
 //   - "xfs-noquota": xfs without quota options, for tests that only need xfs
 //   - "btrfs"
 func Types() []string {
@@ -81,6 +85,27 @@ func New(t testing.TB, fstype string, sizeBytes int64, mkfsArgs ...string) strin
 // NewFS is New for tests that also need the device or the image, e.g. to
 // grow it.
 func NewFS(t testing.TB, fstype string, sizeBytes int64, mkfsArgs ...string) *FS {
+	t.Helper()
+	fs, err := NewIfSupported(t, fstype, sizeBytes, mkfsArgs...)
+	if err != nil {
+		SkipKernel(t, "%v", err)
+	}
+	return fs
+}
+
+// NewIfSupported is NewFS for callers that must not skip: when this
+// machine's kernel cannot mount fstype, it returns an *UnsupportedError
+// instead of skipping; in the VM lane it fails the test instead. It still skips when not root or the mkfs tool is missing.
+func NewIfSupported(t testing.TB, fstype string, sizeBytes int64, mkfsArgs ...string) (*FS, error) {
+	t.Helper()
+	fs, err := newFS(t, fstype, sizeBytes, mkfsArgs...)
+	if err != nil && VMLane() {
+		t.Fatalf("%v (CAIRN_VM_LANE=1: the VM lane requires it)", err)
+	}
+	return fs, err
+}
+
+func newFS(t testing.TB, fstype string, sizeBytes int64, mkfsArgs ...string) (*FS, error) {
 	t.Helper()
 	k, ok := kinds[fstype]
 	if !ok {
@@ -135,24 +160,81 @@ func NewFS(t testing.TB, fstype string, sizeBytes int64, mkfsArgs ...string) *FS
 		t.Fatalf("testfs: %s %s: %v\n%s", tool, strings.Join(args, " "), err, out)
 	}
 
-	if err := unix.Mount(dev.Path, fs.MountPoint, k.fstype, 0, k.data); err != nil {
-		switch {
-		case errors.Is(err, unix.ENODEV):
-			t.Skipf("testfs: the kernel cannot mount %s: %v", k.fstype, err)
-		case k.data != "" && errors.Is(err, unix.EINVAL):
-			// Kernels built without quota support (CONFIG_QFMT_V2 for ext4,
-			// CONFIG_XFS_QUOTA for xfs) refuse these filesystems or options
-			// with EINVAL: the machine's limit, not a bug; dmesg says which.
-			t.Skipf("testfs: the kernel refused %s with -o %s, most likely built without quota support: %v", k.fstype, k.data, err)
+	if err := k.mount(fs); err != nil {
+		var ue *UnsupportedError
+		if errors.As(err, &ue) {
+			return nil, ue
 		}
-		t.Fatalf("testfs: mount %s on %s (%s, %q): %v", dev.Path, fs.MountPoint, k.fstype, k.data, err)
+		t.Fatalf("testfs: %v", err)
 	}
 	t.Cleanup(func() {
 		if err := unmount(fs.MountPoint); err != nil {
 			t.Errorf("testfs: cleanup: %v", err)
 		}
 	})
-	return fs
+	return fs, nil
+}
+
+// mount mounts fs.Device on fs.MountPoint with the kind's options. A
+// kernel that cannot is an *UnsupportedError.
+func (k kind) mount(fs *FS) error {
+	err := unix.Mount(fs.Device, fs.MountPoint, k.fstype, 0, k.data)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, unix.ENODEV):
+		return &UnsupportedError{Type: fs.Type, Reason: fmt.Sprintf("the kernel cannot mount %s: %v", k.fstype, err)}
+	case k.data != "" && errors.Is(err, unix.EINVAL):
+		// Kernels built without quota support (CONFIG_QFMT_V2 for ext4,
+		// CONFIG_XFS_QUOTA for xfs) refuse these filesystems or options
+		// with EINVAL: the machine's limit, not a bug; dmesg says which.
+		return &UnsupportedError{Type: fs.Type, Reason: fmt.Sprintf("the kernel refused %s with -o %s, most likely built without quota support: %v", k.fstype, k.data, err)}
+	}
+	return fmt.Errorf("mount %s on %s (%s, %q): %w", fs.Device, fs.MountPoint, k.fstype, k.data, err)
+}
+
+// Remount unmounts the filesystem and mounts it again from the same
+// device with the same options, as a reboot would: what survives is only
+// what is on disk.
+func (fs *FS) Remount(t testing.TB) {
+	t.Helper()
+	if err := unmount(fs.MountPoint); err != nil {
+		t.Fatalf("testfs: remount: %v", err)
+	}
+	if err := kinds[fs.Type].mount(fs); err != nil {
+		t.Fatalf("testfs: remount: %v", err)
+	}
+}
+
+// UnsupportedError says that this machine's kernel cannot mount a
+// filesystem type (or not with the options it needs). Its loop device
+// is detached when the test ends.
+type UnsupportedError struct {
+	Type   string // as given to New
+	Reason string
+}
+
+func (e *UnsupportedError) Error() string { return "testfs: " + e.Type + ": " + e.Reason }
+
+// VMLaneHint ends every skip for a kernel or capability this machine
+// lacks: hack/vm-lane.sh runs those tests in a VM whose kernel has it.
+const VMLaneHint = "runs in the VM lane (hack/vm-lane.sh)"
+
+// VMLane reports whether the tests run in the VM lane (CAIRN_VM_LANE=1),
+// where every kernel feature and capability the tests use is present.
+func VMLane() bool { return os.Getenv("CAIRN_VM_LANE") == "1" }
+
+// SkipKernel skips the test because the kernel (or the process's
+// capabilities) lacks what it needs, naming the VM lane that runs it. In
+// the VM lane it fails the test instead: there, a missing feature is a
+// broken lane, not a reason to pass.
+func SkipKernel(t testing.TB, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	if VMLane() {
+		t.Fatalf("%s (CAIRN_VM_LANE=1: the VM lane requires it)", msg)
+	}
+	t.Skipf("%s; %s", msg, VMLaneHint)
 }
 
 // RequireRoot skips the test unless it runs as root on a machine with loop

@@ -76,3 +76,15 @@ func TestTypes(t *testing.T) {
 		}
 	}
 }
+
+func TestRemount(t *testing.T) {
+	fs := NewFS(t, "ext4", 0)
+	p := filepath.Join(fs.MountPoint, "f")
+	if err := os.WriteFile(p, []byte("data"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fs.Remount(t)
+	if got, err := os.ReadFile(p); err != nil || string(got) != "data" {
+		t.Errorf("after Remount: %q, %v; want the data written before", got, err)
+	}
+}

@@ -29,4 +29,7 @@
 //
 // Growing a mounted ext4 needs CAP_SYS_RESOURCE; where the test process
 // lacks it (some CI sandboxes), the ext4 growth cases skip and say why.
+// The VM lane (hack/vm-lane.sh) runs TestOnlineExpansion, TestGrowAtStage
+// and TestBlockExpansionLeavesWorkloadFilesystem as root with it, and there
+// a missing capability fails them.
 package image

@@ -332,7 +332,8 @@ func statfsTotal(t testing.TB, path string) int64 {
 }
 
 // requireCap skips the test unless this process has capability c, which
-// the kernel requires for what the test does (why).
+// the kernel requires for what the test does (why); in the VM lane,
+// which has it, it fails instead (testfs.SkipKernel).
 func requireCap(t testing.TB, c int, name, why string) {
 	t.Helper()
 	data, err := os.ReadFile("/proc/self/status")
@@ -346,7 +347,7 @@ func requireCap(t testing.TB, c int, name, why string) {
 				t.Fatal(err)
 			}
 			if bits&(1<<c) == 0 {
-				t.Skipf("environment: this process lacks %s, which the kernel requires %s", name, why)
+				testfs.SkipKernel(t, "environment: this process lacks %s, which the kernel requires %s", name, why)
 			}
 			return
 		}

@@ -42,7 +42,12 @@ type node struct {
 func start(t *testing.T) *node {
 	t.Helper()
 	testfs.RequireRoot(t)
-	pool := filepath.Join(testfs.New(t, "ext4", 256<<20), "pool")
+	return startOn(t, filepath.Join(testfs.New(t, "ext4", 256<<20), "pool"))
+}
+
+// startOn is start with a dir pool at pool.
+func startOn(t *testing.T, pool string) *node {
+	t.Helper()
 	root, err := os.MkdirTemp("", "reboot-")
 	if err != nil {
 		t.Fatal(err)

@@ -5,19 +5,25 @@
 package sanity
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
 	. "github.com/onsi/ginkgo/v2"
 	"github.com/onsi/ginkgo/v2/types"
 	. "github.com/onsi/gomega"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/cairn-csi/cairn/internal/testdriver"
 	"github.com/cairn-csi/cairn/internal/testfs"
@@ -32,6 +38,10 @@ type target struct {
 	block  bool // TestVolumeAccessType=block
 	params map[string]string
 	needs  []string // binaries that must exist
+	// enforced: the pool must say it enforces sizes (volume context
+	// cairn.csi.dev/capacityEnforced=true), or the quota targets would
+	// pass without quota.
+	enforced bool
 }
 
 var targets = []target{
@@ -50,6 +60,21 @@ var targets = []target{
 	// The dir pool on a real filesystem, so that snapshots, restores and
 	// clones are tree copies on ext4 (sparse copies, no reflink).
 	{name: "dir/ext4", fs: "ext4", needs: []string{"mkfs.ext4"}, pools: func(root string) []string { return []string{"default=dir:" + root} }},
+	// The dir pool with sizes enforced by project quota: ext4 made with
+	// -O quota,project and XFS, both mounted -o prjquota. Kernels without
+	// CONFIG_QFMT_V2 or CONFIG_XFS_QUOTA cannot mount them; the VM lane
+	// (hack/vm-lane.sh) runs these two.
+	{name: "dir/ext4-prjquota", fs: "ext4-prjquota", enforced: true, needs: []string{"mkfs.ext4"}, pools: func(root string) []string { return []string{"default=dir:" + root} }},
+	{name: "dir/xfs-prjquota", fs: "xfs", enforced: true, needs: []string{"mkfs.xfs"}, pools: func(root string) []string { return []string{"default=dir:" + root} }},
+}
+
+// selected reports whether the target runs: $CAIRN_SANITY_TARGETS, when
+// set, is a comma-separated list of target names (the VM lane runs only
+// the ones the host kernel cannot); the others are skipped as not
+// selected.
+func selected(name string) bool {
+	list := os.Getenv("CAIRN_SANITY_TARGETS")
+	return list == "" || slices.Contains(strings.Split(list, ","), name)
 }
 
 // allowedSkips are the reasons a spec may be skipped: each names a
@@ -69,7 +94,8 @@ var allowedSkips = []*regexp.Regexp{
 	regexp.MustCompile(`CreateSnapshot not supported|ListSnapshots not supported|GetSnapshot not supported|DeleteSnapshot not supported|CloneVolume not supported|Snapshot not supported`),
 	regexp.MustCompile(`ControllerExpandVolume not supported|NodeExpandVolume not supported`),
 	regexp.MustCompile(`Single node multi writer`),
-	regexp.MustCompile(`^environment: `), // listed, and the target named, in the report
+	regexp.MustCompile(`^environment: `),  // listed, and the target named, in the report
+	regexp.MustCompile(`^not selected: `), // CAIRN_SANITY_TARGETS
 }
 
 // configs holds one sanity configuration per target; TestSanity fills
@@ -99,6 +125,10 @@ func TestSanity(t *testing.T) {
 }
 
 func setUp(t *testing.T, tg target, cfg *sanity.TestConfig) {
+	if !selected(tg.name) {
+		unavailable[tg.name] = "not selected: CAIRN_SANITY_TARGETS=" + os.Getenv("CAIRN_SANITY_TARGETS")
+		return
+	}
 	for _, bin := range tg.needs {
 		if _, err := exec.LookPath(bin); err != nil {
 			unavailable[tg.name] = "environment: " + bin + " is not installed"
@@ -108,7 +138,14 @@ func setUp(t *testing.T, tg target, cfg *sanity.TestConfig) {
 	tmp := t.TempDir()
 	root := filepath.Join(tmp, "pool")
 	if tg.fs != "" {
-		root = filepath.Join(testfs.New(t, tg.fs, 1<<30), "pool")
+		// A kernel that cannot mount the filesystem skips this target's
+		// specs, not the whole suite (and fails in the VM lane).
+		fs, err := testfs.NewIfSupported(t, tg.fs, 1<<30)
+		if err != nil {
+			unavailable[tg.name] = "environment: " + err.Error() + "; " + testfs.VMLaneHint
+			return
+		}
+		root = filepath.Join(fs.MountPoint, "pool")
 	}
 	data := filepath.Join(tmp, "data")
 	if tg.split {
@@ -119,6 +156,9 @@ func setUp(t *testing.T, tg target, cfg *sanity.TestConfig) {
 	} else {
 		p := testdriver.Start(t, testdriver.Options{DataDir: data, Pools: tg.pools(root)})
 		cfg.Address = "unix://" + p.Socket
+	}
+	if tg.enforced {
+		checkEnforced(t, tg.name, cfg)
 	}
 	cfg.TargetPath = filepath.Join(tmp, "target")
 	cfg.StagingPath = filepath.Join(tmp, "staging")
@@ -168,3 +208,38 @@ var _ = Describe("cairn", func() {
 		})
 	}
 })
+
+// checkEnforced creates and deletes a volume through the target's
+// controller and fails unless the pool says it enforces the size.
+func checkEnforced(t *testing.T, name string, cfg *sanity.TestConfig) {
+	t.Helper()
+	addr := cfg.ControllerAddress
+	if addr == "" {
+		addr = cfg.Address
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctl := csi.NewControllerClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	resp, err := ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{
+		Name:          "enforced-check",
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 16 << 20},
+		VolumeCapabilities: []*csi.VolumeCapability{{
+			AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
+			AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
+		}},
+	})
+	if err != nil {
+		t.Fatalf("%s: CreateVolume: %v", name, err)
+	}
+	if got := resp.GetVolume().GetVolumeContext()["cairn.csi.dev/capacityEnforced"]; got != "true" {
+		t.Errorf("%s: capacityEnforced = %q, want \"true\": the pool does not enforce sizes", name, got)
+	}
+	if _, err := ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: resp.GetVolume().GetVolumeId()}); err != nil {
+		t.Fatalf("%s: DeleteVolume: %v", name, err)
+	}
+}

@@ -394,7 +394,9 @@ func TestStaleQgroupLimitNotInherited(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	if !hasItem(t, root, quotaTree, 0, qgroupInfo, staleID) {
-		t.Skipf("the kernel removed qgroup 0/%d with its subvolume (as kernels since about 6.10 do): no stale qgroup to inherit here", staleID)
+		// The VM lane's kernel (Debian 12's 6.1) keeps it, so the case
+		// is required there.
+		testfs.SkipKernel(t, "the kernel removed qgroup 0/%d with its subvolume (as kernels since about 6.10 do): no stale qgroup to inherit here", staleID)
 	}
 	if err := unix.Unmount(fsys.MountPoint, 0); err != nil {
 		t.Fatal(err)

@@ -23,7 +23,8 @@ func newPool(t *testing.T, root string) *dirpool.Pool {
 // TestSuite runs the shared backend suite on a plain directory and, as
 // root, on throwaway filesystems: ext4 without quota (sparse copies), ext4
 // and XFS with project quota (sizes enforced; both skip on kernels built
-// without quota support), and btrfs (reflink copies).
+// without quota support, and run in the VM lane, hack/vm-lane.sh), and
+// btrfs (reflink copies).
 func TestSuite(t *testing.T) {
 	t.Run("tmpdir", func(t *testing.T) {
 		backendtest.Run(t, func(t *testing.T) (backend.Backend, string) {

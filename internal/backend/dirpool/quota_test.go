@@ -55,36 +55,59 @@ func unprivileged(fn func() error) error {
 // first error.
 func writeFile(path string, n int64) (written int64, err error) {
 	err = unprivileged(func() error {
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-		if err != nil {
-			return err
-		}
-		buf := make([]byte, mib)
-		for i := range buf {
-			buf[i] = byte(i * 7)
-		}
-		for written < n {
-			m, err := f.Write(buf[:min(int64(len(buf)), n-written)])
-			written += int64(m)
-			if err != nil {
-				f.Close()
-				return err
-			}
-		}
-		if err := f.Sync(); err != nil {
-			f.Close()
-			return err
-		}
-		return f.Close()
+		var err error
+		written, err = writeFileAsIs(path, n)
+		return err
 	})
 	return written, err
 }
 
-func wantFull(t *testing.T, what string, written int64, err error) {
+// writeFileAsIs is writeFile with this process's capabilities, as a
+// privileged pod's process would write.
+func writeFileAsIs(path string, n int64) (written int64, err error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return 0, err
+	}
+	buf := make([]byte, mib)
+	for i := range buf {
+		buf[i] = byte(i * 7)
+	}
+	for written < n {
+		m, err := f.Write(buf[:min(int64(len(buf)), n-written)])
+		written += int64(m)
+		if err != nil {
+			f.Close()
+			return written, err
+		}
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return written, err
+	}
+	return written, f.Close()
+}
+
+// quotaErrno is what a write past a project's hard limit gets on the
+// filesystem at path: ENOSPC on XFS, EDQUOT on ext4.
+func quotaErrno(t *testing.T, path string) unix.Errno {
 	t.Helper()
-	// ext4 says EDQUOT, XFS ENOSPC for project quota.
-	if !errors.Is(err, unix.EDQUOT) && !errors.Is(err, unix.ENOSPC) {
-		t.Fatalf("%s: wrote %d bytes, err %v; want EDQUOT or ENOSPC", what, written, err)
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Type == unix.XFS_SUPER_MAGIC {
+		return unix.ENOSPC
+	}
+	return unix.EDQUOT
+}
+
+// wantFull checks that a write into dir stopped at the volume's limit
+// with the filesystem's quota error: EDQUOT on ext4, ENOSPC on XFS.
+func wantFull(t *testing.T, dir, what string, written int64, err error) {
+	t.Helper()
+	if want := quotaErrno(t, dir); !errors.Is(err, want) {
+		t.Fatalf("%s: wrote %d bytes, err %v; want %v", what, written, err, want)
 	}
 }
 
@@ -163,7 +186,7 @@ func TestQuotaEnforced(t *testing.T) {
 				t.Fatal("a volume on a quota filesystem has no project ID")
 			}
 			written, err := writeFile(filepath.Join(a, "big"), 32*mib)
-			wantFull(t, "writing 32 MiB into a 16 MiB volume", written, err)
+			wantFull(t, a, "writing 32 MiB into a 16 MiB volume", written, err)
 			if u := usage(t, p, "vol-a"); u.TotalBytes != 16*mib || u.UsedBytes > 16*mib+mib || u.UsedInodes < 2 {
 				t.Errorf("Usage of a full 16 MiB volume = %+v", u)
 			}
@@ -209,7 +232,7 @@ func TestQuotaEnforced(t *testing.T) {
 					t.Errorf("Usage(%s) = %+v; want 40 MiB total, the copied 33 MiB used", tc.id, u)
 				}
 				written, err := writeFile(filepath.Join(dir, "more"), 16*mib)
-				wantFull(t, "writing 16 MiB more into "+tc.id+", 33 of 40 MiB used", written, err)
+				wantFull(t, dir, "writing 16 MiB more into "+tc.id+", 33 of 40 MiB used", written, err)
 			}
 
 			// Deleting clears the limit, so a later volume given the ID
@@ -236,6 +259,60 @@ func TestQuotaEnforced(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestQuotaPrivilegedWriter pins down what a privileged writer (a process
+// with CAP_SYS_RESOURCE in its effective set: root in a privileged pod,
+// or a container granted that capability) can do, as docs/operations.md
+// says: ext4 lets it write past the volume's limit, XFS stops it with
+// ENOSPC as it stops everyone.
+func TestQuotaPrivilegedWriter(t *testing.T) {
+	for _, tc := range []struct {
+		kind     string
+		bypasses bool
+	}{
+		{"ext4-prjquota", true},
+		{"xfs", false},
+	} {
+		t.Run(tc.kind, func(t *testing.T) {
+			ctx := context.Background()
+			p, _ := quotaFS(t, tc.kind)
+			if !hasCap(t, unix.CAP_SYS_RESOURCE) {
+				testfs.SkipKernel(t, "this process lacks CAP_SYS_RESOURCE, whose effect on the quota this test pins down")
+			}
+			if _, err := p.CreateVolume(ctx, "vol-p", backend.Spec{CapacityBytes: 16 * mib}, commitVol); err != nil {
+				t.Fatal(err)
+			}
+			dir := source(t, p, "vol-p")
+			written, err := writeFileAsIs(filepath.Join(dir, "big"), 24*mib)
+			if tc.bypasses {
+				if err != nil {
+					t.Fatalf("a writer with CAP_SYS_RESOURCE on ext4: wrote %d bytes of 24 MiB into a 16 MiB volume, err %v; want the kernel to let it through", written, err)
+				}
+				if u := usage(t, p, "vol-p"); u.UsedBytes < 24*mib {
+					t.Errorf("Usage after a privileged 24 MiB write = %+v; want it counted (%d bytes used)", u, 24*mib)
+				}
+				// The usage still counts against the limit: an unprivileged
+				// writer gets nothing more.
+				written, err = writeFile(filepath.Join(dir, "more"), mib)
+				wantFull(t, dir, "an unprivileged 1 MiB write into an ext4 volume a privileged writer filled past its limit", written, err)
+				return
+			}
+			wantFull(t, dir, "a writer with CAP_SYS_RESOURCE writing 24 MiB into a 16 MiB XFS volume", written, err)
+		})
+	}
+}
+
+// hasCap reports whether this process has capability c in its effective
+// set.
+func hasCap(t *testing.T, c int) bool {
+	t.Helper()
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		t.Fatal(err)
+	}
+	return data[c/32].Effective&(1<<(c%32)) != 0
 }
 
 // TestProjectIDsUnique: IDs must be unique per filesystem, whichever pool
