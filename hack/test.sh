@@ -6,7 +6,7 @@
 # and then the VM lane (hack/vm-lane.sh): the tests this machine's kernel
 # cannot run (project quota, online ext4 growth), in a VM with Debian 12's
 # kernel, when ../shared/vm is present. Each lane ends with a line
-# "<lane>: N passed, N failed, N skipped"; any failure in either lane
+# "<lane>: N passed, N failed, N skipped" (host-lane, vm-lane: one word, the form CI reads); any failure in either lane
 # fails the script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +21,7 @@ echo "== host lane: go test -race"
 # competing for the machine's two cores and eight loop devices. Tests that
 # skip for a kernel feature or capability this machine lacks name the VM
 # lane in their skip message; hack/testsum lists every skip.
-if ! go test -race -p 1 -timeout 45m -count=1 -json ./... | go run ./hack/testsum -label "host lane"; then
+if ! go test -race -p 1 -timeout 45m -count=1 -json ./... | go run ./hack/testsum -label host-lane; then
   failed+=("host lane")
 fi
 

@@ -158,7 +158,7 @@ for spec in "${PKGS[@]}"; do
 done
 
 set +e
-go run ./hack/testsum -list -label "vm lane" <"$work/all.json"
+go run ./hack/testsum -list -label vm-lane <"$work/all.json"
 sumrc=$?
 set -e
 for b in "${bad[@]}"; do echo "vm lane: FAIL: $b"; done

@@ -2,7 +2,7 @@
 // prints a short report and a count. Both test lanes use it: hack/test.sh
 // for the host lane, hack/vm-lane.sh for the tests run in the VM.
 //
-//	go test -json ./... | go run ./hack/testsum -label "host lane"
+//	go test -json ./... | go run ./hack/testsum -label host-lane
 //
 // It prints the output of every failed test and of every package that
 // failed outside a test (build errors, panics in TestMain), one line per
