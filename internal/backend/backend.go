@@ -107,6 +107,29 @@ type Expander interface {
 	ExpandVolume(ctx context.Context, id string, newBytes int64) (int64, error)
 }
 
+// Encrypter is implemented by pools that can encrypt volumes with a key of
+// their own each.
+type Encrypter interface {
+	// CanEncrypt reports why the pool cannot encrypt now (its filesystem
+	// lacks the feature, the node lacks the kernel support), or nil.
+	CanEncrypt(ctx context.Context) error
+}
+
+// EncryptedSnapshotter is implemented by Encrypters that can snapshot an
+// encrypted volume. key is the volume's master key when the caller has it;
+// nil means the key must already be loaded (the volume is staged).
+type EncryptedSnapshotter interface {
+	CreateEncryptedSnapshot(ctx context.Context, snapID, volID string, key []byte, commit func(Snapshot) error) (Snapshot, error)
+}
+
+// Encryption asks an Encrypter to encrypt a new volume. The driver derives
+// the keys from the claim's secret; a pool uses them for the duration of
+// the call only and stores none of them.
+type Encryption struct {
+	Key       []byte // the new volume's master key
+	SourceKey []byte // the content source's key, when the source is encrypted
+}
+
 // AccessType is how a volume is consumed on the node.
 type AccessType int
 
@@ -125,9 +148,10 @@ func (a AccessType) String() string {
 
 // Spec is what the driver asks a backend to create.
 type Spec struct {
-	CapacityBytes int64      // the minimum size; backends may round up
-	LimitBytes    int64      // 0 = no upper bound; a backend that must round past it fails with ErrOutOfRange
-	AccessType    AccessType // pools that cannot serve it return ErrInvalidArgument
+	CapacityBytes int64       // the minimum size; backends may round up
+	LimitBytes    int64       // 0 = no upper bound; a backend that must round past it fails with ErrOutOfRange
+	AccessType    AccessType  // pools that cannot serve it return ErrInvalidArgument
+	Encryption    *Encryption // nil: not encrypted; only for Encrypters
 }
 
 // Volume is what a backend reports about a volume.

@@ -54,6 +54,7 @@ type createParams struct {
 	pool        string
 	fsType      string
 	mkfsOptions string
+	encrypt     bool
 }
 
 func parseCreateParams(params map[string]string) (createParams, error) {
@@ -69,9 +70,14 @@ func parseCreateParams(params map[string]string) (createParams, error) {
 			p.fsType = v
 		case k == ParamMkfsOptions:
 			p.mkfsOptions = v
+		case k == ParamEncryption:
+			var err error
+			if p.encrypt, err = parseEncryption(v); err != nil {
+				return p, err
+			}
 		case k8sMetadataParams[k]:
 		default:
-			return p, invalid("parameters: unknown parameter %q (known: %s, %s, %s)", truncate(k), ParamPool, ParamFsType, ParamMkfsOptions)
+			return p, invalid("parameters: unknown parameter %q (known: %s, %s, %s, %s)", truncate(k), ParamPool, ParamFsType, ParamMkfsOptions, ParamEncryption)
 		}
 	}
 	if p.fsType != "" {
@@ -191,6 +197,12 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest,
 	if err := d.checkRequisite(req.GetAccessibilityRequirements()); err != nil {
 		return nil, err
 	}
+	var secret []byte
+	if params.encrypt {
+		if secret, err = passphrase(req.GetSecrets()); err != nil {
+			return nil, err
+		}
+	}
 	if params.mkfsOptions != "" {
 		if access == backend.AccessBlock {
 			return nil, invalid("parameters.%s: a block volume is not formatted", ParamMkfsOptions)
@@ -213,6 +225,11 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest,
 		return nil, err
 	}
 	defer unlockSrc()
+	if srcEncrypted, _, err := d.sourceEncryption(ctx, src); err != nil {
+		return nil, err
+	} else if srcEncrypted && !params.encrypt {
+		return nil, invalid("volume_content_source is encrypted; a volume made from it must set parameters.%s: true", ParamEncryption)
+	}
 	if params.pool == "" && srcPool != "" {
 		params.pool = srcPool
 	}
@@ -225,6 +242,11 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest,
 	}
 	if err := checkPoolMountFlags(pool, fsType, req.GetVolumeCapabilities()); err != nil {
 		return nil, err
+	}
+	if params.encrypt {
+		if err := checkCanEncrypt(ctx, poolName, pool); err != nil {
+			return nil, err
+		}
 	}
 	if srcPool != "" && srcPool != poolName {
 		return nil, invalid("volume_content_source is in pool %q; a volume made from it must be in the same pool, not %q", srcPool, poolName)
@@ -279,13 +301,21 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest,
 	if err := d.store.View(ctx, func(tx *store.Tx) (err error) { id, err = tx.NewID(store.VolumePrefix); return }); err != nil {
 		return nil, err
 	}
+	enc, keyID, unlockEnc, err := d.encryptionFor(ctx, params.encrypt, secret, id, src)
+	if err != nil {
+		return nil, err
+	}
+	defer unlockEnc()
 	rec := store.Volume{
 		ID: id, Name: req.GetName(), Pool: poolName, AccessType: access.String(),
 		FsType: fsType, MkfsOptions: params.mkfsOptions, Parameters: req.GetParameters(),
 		SourceSnapshotID: src.SnapshotID, SourceVolumeID: src.VolumeID,
-		Ephemeral: ephemeral, CreatedAt: time.Now().UTC(),
+		Ephemeral: ephemeral, CreatedAt: time.Now().UTC(), KeyID: keyID,
 	}
-	spec := backend.Spec{CapacityBytes: want, LimitBytes: limit, AccessType: access}
+	if enc != nil {
+		rec.Encryption = encryptionFscrypt
+	}
+	spec := backend.Spec{CapacityBytes: want, LimitBytes: limit, AccessType: access, Encryption: enc}
 	commit := func(v backend.Volume) error {
 		rec.CapacityBytes = v.CapacityBytes
 		return d.store.Update(ctx, func(tx *store.Tx) error { return tx.PutVolume(rec) })
@@ -416,6 +446,9 @@ func (d *Driver) csiVolume(ctx context.Context, v store.Volume) *csi.Volume {
 	}
 	if v.MkfsOptions != "" {
 		vc[ctxMkfsOptions] = v.MkfsOptions
+	}
+	if v.Encryption != "" {
+		vc[ctxEncryption], vc[ctxKeyID] = v.Encryption, v.KeyID
 	}
 	if b, ok := d.pools[v.Pool]; ok {
 		if c, err := b.Capacity(ctx); err == nil {
@@ -847,12 +880,26 @@ func (d *Driver) createSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 	if err := d.store.View(ctx, func(tx *store.Tx) (err error) { id, err = tx.NewID(store.SnapshotPrefix); return }); err != nil {
 		return nil, err
 	}
-	rec := store.Snapshot{ID: id, Name: req.GetName(), SourceVolumeID: vol.ID, Pool: vol.Pool}
+	rec := store.Snapshot{ID: id, Name: req.GetName(), SourceVolumeID: vol.ID, Pool: vol.Pool, Encryption: vol.Encryption}
+	create := sn.CreateSnapshot
+	if vol.Encryption != "" {
+		es, ok := pool.(backend.EncryptedSnapshotter)
+		if !ok {
+			return nil, fmt.Errorf("pool %s (%s) cannot snapshot encrypted volumes: %w", vol.Pool, pool.Type(), errdefs.ErrFailedPrecondition)
+		}
+		key, err := snapshotKey(vol, req.GetSecrets())
+		if err != nil {
+			return nil, err
+		}
+		create = func(ctx context.Context, snapID, volID string, commit func(backend.Snapshot) error) (backend.Snapshot, error) {
+			return es.CreateEncryptedSnapshot(ctx, snapID, volID, key, commit)
+		}
+	}
 	thaw, err := d.freezeForSnapshot(ctx, vol)
 	if err != nil {
 		return nil, err
 	}
-	_, err = sn.CreateSnapshot(ctx, id, vol.ID, func(s backend.Snapshot) error {
+	_, err = create(ctx, id, vol.ID, func(s backend.Snapshot) error {
 		rec.SizeBytes = s.SizeBytes
 		if rec.SizeBytes == 0 {
 			rec.SizeBytes = vol.CapacityBytes

@@ -60,9 +60,12 @@ func (d *Driver) publishEphemeral(ctx context.Context, req *csi.NodePublishVolum
 			params[ParamPool] = v
 		case k == attrFsType:
 			params[ParamFsType] = v
+		case k == ParamEncryption:
+			// The key comes from the pod's nodePublishSecretRef.
+			params[ParamEncryption] = v
 		default:
 			// A closed set: pods must not choose how the node formats.
-			return invalid("volumeAttributes: attribute %q is not accepted (accepted: %s, %s, %s)", truncate(k), attrSize, attrPool, attrFsType)
+			return invalid("volumeAttributes: attribute %q is not accepted (accepted: %s, %s, %s, %s)", truncate(k), attrSize, attrPool, attrFsType, ParamEncryption)
 		}
 	}
 	created, err := d.createVolume(ctx, &csi.CreateVolumeRequest{
@@ -70,6 +73,7 @@ func (d *Driver) publishEphemeral(ctx context.Context, req *csi.NodePublishVolum
 		CapacityRange:      &csi.CapacityRange{RequiredBytes: capacity},
 		VolumeCapabilities: []*csi.VolumeCapability{req.GetVolumeCapability()},
 		Parameters:         params,
+		Secrets:            req.GetSecrets(),
 	}, true)
 	if err != nil {
 		return err
@@ -82,6 +86,7 @@ func (d *Driver) publishEphemeral(ctx context.Context, req *csi.NodePublishVolum
 	err = d.nodeStage(ctx, &csi.NodeStageVolumeRequest{
 		VolumeId: vol.GetVolumeId(), StagingTargetPath: staging,
 		VolumeCapability: req.GetVolumeCapability(), VolumeContext: vol.GetVolumeContext(),
+		Secrets: req.GetSecrets(),
 	})
 	if err != nil {
 		return err

@@ -25,6 +25,7 @@ var classCodes = []struct {
 	{errdefs.ErrAborted, codes.Aborted},
 	{errdefs.ErrUnavailable, codes.Unavailable},
 	{errdefs.ErrNotSupported, codes.Unimplemented},
+	{errdefs.ErrPermissionDenied, codes.PermissionDenied},
 }
 
 // toStatus turns any error into a gRPC status error with no details, as the

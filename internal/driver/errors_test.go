@@ -91,7 +91,7 @@ func TestEveryClassMapped(t *testing.T) {
 	classes := []error{
 		errdefs.ErrInvalidArgument, errdefs.ErrNotFound, errdefs.ErrAlreadyExists, errdefs.ErrOutOfRange,
 		errdefs.ErrResourceExhausted, errdefs.ErrFailedPrecondition, errdefs.ErrAborted, errdefs.ErrUnavailable,
-		errdefs.ErrNotSupported,
+		errdefs.ErrNotSupported, errdefs.ErrPermissionDenied,
 	}
 	seen := map[codes.Code]error{}
 	for _, c := range classes {

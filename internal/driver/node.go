@@ -184,6 +184,13 @@ func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 		}
 	}
 
+	// An encrypted volume is unlocked on every stage, the repeated ones
+	// too: a wrong secret is refused even when the volume is mounted, and
+	// after a reboot the kernel has forgotten the key.
+	encrypted, err := d.unlockDir(nv, req.GetSecrets())
+	if err != nil {
+		return err
+	}
 	id, err := d.identityOf(ctx, nv.src)
 	if err != nil {
 		return err
@@ -208,6 +215,9 @@ func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 		}
 		defer sh.Close()
 		if err := bindAt(nv.src.Path, nil, sh, mountfd.Attrs{}); err != nil {
+			if encrypted {
+				err = errors.Join(err, d.lockDir(ctx, nv))
+			}
 			return err
 		}
 	case backend.SourceImageFile:
@@ -277,6 +287,10 @@ func (d *Driver) nodeUnstage(ctx context.Context, req *csi.NodeUnstageVolumeRequ
 	}
 	if foreign {
 		d.log.Warn("unstage: staging_target_path holds a mount that is not this volume's; left untouched", "volume", req.GetVolumeId(), "staging", staging)
+	} else if err == nil {
+		if err := d.lockDir(ctx, nv); err != nil {
+			return err
+		}
 	}
 	switch {
 	case err == nil && nv.src.Kind == backend.SourceImageFile && d.cfg.Loop != nil:

@@ -15,6 +15,7 @@ var (
 	ErrAborted            = errors.New("aborted")             // ABORTED
 	ErrUnavailable        = errors.New("unavailable")         // UNAVAILABLE
 	ErrNotSupported       = errors.New("not supported")       // UNIMPLEMENTED
+	ErrPermissionDenied   = errors.New("permission denied")   // PERMISSION_DENIED: a secret that does not unlock
 )
 
 // Is reports whether err is of class class. It is errors.Is, named for call sites

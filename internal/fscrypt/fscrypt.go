@@ -55,6 +55,19 @@ func DeriveKey(secret []byte, salt string) ([]byte, error) {
 	return hkdf.Key(sha512.New, secret, []byte(salt), "cairn fscrypt v2 master key", KeySize)
 }
 
+// Identifier computes the identifier the kernel gives key (HKDF-SHA512 of
+// the key with the info "fscrypt\x00" and context 1, as fs/crypto does),
+// so a key can be checked against a volume without loading it.
+func Identifier(key []byte) (KeyID, error) {
+	var id KeyID
+	b, err := hkdf.Key(sha512.New, key, nil, "fscrypt\x00\x01", len(id))
+	if err != nil {
+		return id, err
+	}
+	copy(id[:], b)
+	return id, nil
+}
+
 func ioctl(fd int, req uint, arg unsafe.Pointer) error {
 	for {
 		_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), uintptr(req), uintptr(arg))

@@ -42,6 +42,9 @@ func TestLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if want, err := fscrypt.Identifier(key); err != nil || want != id {
+		t.Fatalf("Identifier = %v %v, the kernel says %v", want, err, id)
+	}
 	if err := fscrypt.SetPolicy(dir, id); err != nil {
 		t.Fatal(err)
 	}

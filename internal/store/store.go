@@ -56,6 +56,11 @@ type Volume struct {
 	SourceVolumeID   string    `json:"sourceVolumeId,omitempty"`
 	Ephemeral        bool      `json:"ephemeral,omitempty"`
 	CreatedAt        time.Time `json:"createdAt"`
+	// Encryption is how the volume is encrypted ("fscrypt"), or empty.
+	// KeyID identifies its key (never the key itself), so that a secret
+	// can be checked against the volume.
+	Encryption string `json:"encryption,omitempty"`
+	KeyID      string `json:"keyId,omitempty"`
 }
 
 // Snapshot is the record of one snapshot.
@@ -66,6 +71,9 @@ type Snapshot struct {
 	Pool           string    `json:"pool"`
 	SizeBytes      int64     `json:"sizeBytes"`
 	CreatedAt      time.Time `json:"createdAt"`
+	// Encryption is the source volume's: a snapshot is encrypted with its
+	// source's key.
+	Encryption string `json:"encryption,omitempty"`
 }
 
 // Store is the metadata database.

@@ -42,6 +42,7 @@ type kind struct {
 
 var kinds = map[string]kind{
 	"ext4":          {fstype: "ext4", mkfs: "mkfs.ext4", pkg: "e2fsprogs", mkfsArgs: []string{"-q", "-F"}, minSize: 32 << 20},
+	"ext4-encrypt":  {fstype: "ext4", mkfs: "mkfs.ext4", pkg: "e2fsprogs", mkfsArgs: []string{"-q", "-F", "-O", "encrypt"}, minSize: 32 << 20},
 	"ext4-prjquota": {fstype: "ext4", mkfs: "mkfs.ext4", pkg: "e2fsprogs", mkfsArgs: []string{"-q", "-F", "-I", "256", "-O", "quota,project"}, data: "prjquota", minSize: 32 << 20},
 	"xfs":           {fstype: "xfs", mkfs: "mkfs.xfs", pkg: "xfsprogs", mkfsArgs: []string{"-q", "-f"}, data: "prjquota", minSize: 300 << 20},
 	"xfs-noquota":   {fstype: "xfs", mkfs: "mkfs.xfs", pkg: "xfsprogs", mkfsArgs: []string{"-q", "-f"}, minSize: 300 << 20},
@@ -51,6 +52,7 @@ var kinds = map[string]kind{
 // Types lists the fstype names New accepts:
 //
 //   - "ext4"
+//   - "ext4-encrypt": ext4 made with -O encrypt (fscrypt)
 //   - "ext4-prjquota": ext4 made with -O quota,project, mounted -o prjquota
 //   - "xfs": mounted -o prjquota; skips on kernels without XFS quota support
 //     (and fails in the VM lane, see SkipKernel)

@@ -42,6 +42,9 @@ type target struct {
 	// cairn.csi.dev/capacityEnforced=true), or the quota targets would
 	// pass without quota.
 	enforced bool
+	// secrets: every call that carries secrets gets the encryption
+	// passphrase (csi-sanity's --csi.secrets).
+	secrets bool
 }
 
 var targets = []target{
@@ -64,6 +67,9 @@ var targets = []target{
 	// -O quota,project and XFS, both mounted -o prjquota. Kernels without
 	// CONFIG_QFMT_V2 or CONFIG_XFS_QUOTA cannot mount them; the VM lane
 	// (hack/vm-lane.sh) runs these two.
+	// Encrypted directory volumes (fscrypt v2, a key per volume from the
+	// CSI secrets), on ext4 with the encrypt feature.
+	{name: "dir/fscrypt", fs: "ext4-encrypt", secrets: true, params: map[string]string{"encryption": "true"}, needs: []string{"mkfs.ext4"}, pools: func(root string) []string { return []string{"default=dir:" + root} }},
 	{name: "dir/ext4-prjquota", fs: "ext4-prjquota", enforced: true, needs: []string{"mkfs.ext4"}, pools: func(root string) []string { return []string{"default=dir:" + root} }},
 	{name: "dir/xfs-prjquota", fs: "xfs", enforced: true, needs: []string{"mkfs.xfs"}, pools: func(root string) []string { return []string{"default=dir:" + root} }},
 }
@@ -166,6 +172,9 @@ func setUp(t *testing.T, tg target, cfg *sanity.TestConfig) {
 	cfg.TestVolumeExpandSize = 128 << 20
 	cfg.IdempotentCount = 10
 	cfg.TestVolumeParameters = tg.params
+	if tg.secrets {
+		cfg.SecretsFile = writeSecrets(t, tmp)
+	}
 	if tg.block {
 		cfg.TestVolumeAccessType = "block"
 	}
@@ -242,4 +251,20 @@ func checkEnforced(t *testing.T, name string, cfg *sanity.TestConfig) {
 	if _, err := ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: resp.GetVolume().GetVolumeId()}); err != nil {
 		t.Fatalf("%s: DeleteVolume: %v", name, err)
 	}
+}
+
+// writeSecrets writes a csi-sanity secrets file that gives every call that
+// carries secrets the same encryption passphrase.
+func writeSecrets(t *testing.T, dir string) string {
+	var b strings.Builder
+	for _, call := range []string{"CreateVolumeSecret", "DeleteVolumeSecret", "ControllerValidateVolumeCapabilitiesSecret",
+		"NodeStageVolumeSecret", "NodePublishVolumeSecret", "CreateSnapshotSecret", "DeleteSnapshotSecret",
+		"ControllerExpandVolumeSecret", "ListSnapshotsSecret", "GetSnapshotSecret"} {
+		fmt.Fprintf(&b, "%s:\n  encryptionPassphrase: sanity-passphrase-of-32-bytes!!\n", call)
+	}
+	p := filepath.Join(dir, "secrets.yaml")
+	if err := os.WriteFile(p, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

@@ -32,6 +32,7 @@ import (
 	"github.com/cairn-csi/cairn/internal/backend"
 	"github.com/cairn-csi/cairn/internal/backend/staging"
 	"github.com/cairn-csi/cairn/internal/errdefs"
+	"github.com/cairn-csi/cairn/internal/fscrypt"
 	"github.com/cairn-csi/cairn/internal/projquota"
 )
 
@@ -124,12 +125,19 @@ func (p *Pool) CreateVolume(ctx context.Context, id string, spec backend.Spec, c
 		return backend.Volume{}, fmt.Errorf("dir pool serves filesystem volumes only, not %s: %w", spec.AccessType, errdefs.ErrInvalidArgument)
 	}
 	v := backend.Volume{ID: id, CapacityBytes: spec.CapacityBytes}
-	err := p.volumes.Create(ctx, id, func(ctx context.Context, tmp string) error {
-		if err := os.Mkdir(tmp, 0o777); err != nil { // the workload owns it; fsGroup may chown
-			return err
-		}
-		return p.prepareVolumeDir(ctx, id, tmp, spec.CapacityBytes)
-	}, func() error { return commit(v) })
+	err := p.withKeys(spec.Encryption, func(policy *fscrypt.KeyID) error {
+		return p.volumes.Create(ctx, id, func(ctx context.Context, tmp string) error {
+			if err := os.Mkdir(tmp, 0o777); err != nil { // the workload owns it; fsGroup may chown
+				return err
+			}
+			if policy != nil {
+				if err := fscrypt.SetPolicy(tmp, *policy); err != nil {
+					return err
+				}
+			}
+			return p.prepareVolumeDir(ctx, id, tmp, spec.CapacityBytes)
+		}, func() error { return commit(v) })
+	})
 	if err != nil {
 		return backend.Volume{}, fmt.Errorf("create volume %s: %w", id, err)
 	}

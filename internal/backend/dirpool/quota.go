@@ -18,6 +18,7 @@ import (
 	"github.com/cairn-csi/cairn/internal/backend/staging"
 	"github.com/cairn-csi/cairn/internal/errdefs"
 	"github.com/cairn-csi/cairn/internal/fileclone"
+	"github.com/cairn-csi/cairn/internal/fscrypt"
 	"github.com/cairn-csi/cairn/internal/projquota"
 )
 
@@ -232,13 +233,20 @@ func (p *Pool) removeVolumeDir(ctx context.Context, path string) error {
 	return nil
 }
 
-// cloneLimited copies the tree from into the new volume directory tmp so
-// that every copied inode belongs to tmp's own project. Tagging tags new
-// inodes only, and CloneTree makes its destination itself, so the copy is
-// made inside a tagged parent (tmp + ".prj"), whose ID and PROJINHERIT
-// everything created below it inherits, and then renamed to tmp. The
-// parent's name starts with new-, so Reconcile removes a leftover.
-func (p *Pool) cloneLimited(ctx context.Context, from, tmp string, capacity int64) (fileclone.Method, error) {
+// cloneInto copies the tree from into the new directory tmp. Tagging with
+// a project, and an encryption policy, apply to new inodes and empty
+// directories only, and CloneTree makes its destination itself, so when
+// either is wanted the copy is made inside a parent (tmp + ".prj") that
+// carries them, whose project ID (PROJINHERIT) and policy everything
+// created below it inherits, and is then renamed to tmp. The parent's
+// name starts with new-, so Reconcile removes a leftover. limit > 0 gives
+// the copy a project of its own with that limit (project-quota pools);
+// policy, when set, encrypts it with that key, which must be loaded.
+func (p *Pool) cloneInto(ctx context.Context, from, tmp string, limit int64, policy *fscrypt.KeyID) (fileclone.Method, error) {
+	limited := p.quota && limit > 0
+	if !limited && policy == nil {
+		return fileclone.CloneTree(ctx, from, tmp)
+	}
 	parent := tmp + ".prj"
 	if err := p.removeVolumeDir(ctx, parent); err != nil {
 		return 0, fmt.Errorf("clear %s: %w", parent, err)
@@ -254,17 +262,26 @@ func (p *Pool) cloneLimited(ctx context.Context, from, tmp string, capacity int6
 			}
 		}
 	}()
-	id, err := p.limitNewDir(ctx, parent, capacity)
-	if err != nil {
-		return 0, err
+	var id uint32
+	if limited {
+		var err error
+		if id, err = p.limitNewDir(ctx, parent, limit); err != nil {
+			return 0, err
+		}
+	}
+	if policy != nil {
+		if err := fscrypt.SetPolicy(parent, *policy); err != nil {
+			return 0, err
+		}
 	}
 	m, err := fileclone.CloneTree(ctx, from, filepath.Join(parent, "root"))
 	if err != nil {
 		return 0, err
 	}
-	// Out of the tagged parent: renames into a directory of another
-	// project fail (EXDEV) only when that directory has PROJINHERIT, and
-	// the volumes directory has not.
+	// Out of the parent: renames into a directory of another project fail
+	// (EXDEV) only when that directory has PROJINHERIT, and the volumes
+	// directory has not; and an encrypted directory may move into an
+	// unencrypted one.
 	if err := os.Rename(filepath.Join(parent, "root"), tmp); err != nil {
 		return 0, err
 	}
@@ -272,8 +289,10 @@ func (p *Pool) cloneLimited(ctx context.Context, from, tmp string, capacity int6
 		return 0, err
 	}
 	ok = true
-	if got, err := projquota.GetProject(ctx, tmp); err != nil || got != id {
-		return 0, errors.Join(err, fmt.Errorf("copy in %s has project %d, want %d", tmp, got, id))
+	if limited {
+		if got, err := projquota.GetProject(ctx, tmp); err != nil || got != id {
+			return 0, errors.Join(err, fmt.Errorf("copy in %s has project %d, want %d", tmp, got, id))
+		}
 	}
 	return m, nil
 }

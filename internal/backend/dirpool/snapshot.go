@@ -9,7 +9,7 @@ import (
 	"github.com/cairn-csi/cairn/internal/backend"
 	"github.com/cairn-csi/cairn/internal/backend/staging"
 	"github.com/cairn-csi/cairn/internal/errdefs"
-	"github.com/cairn-csi/cairn/internal/fileclone"
+	"github.com/cairn-csi/cairn/internal/fscrypt"
 )
 
 // Snapshots and clones in a dir pool are copies of the directory tree:
@@ -25,17 +25,21 @@ var (
 	_ backend.Expander        = (*Pool)(nil)
 )
 
-// CreateSnapshot implements backend.Snapshotter.
+// CreateSnapshot implements backend.Snapshotter. A snapshot of an
+// encrypted volume is encrypted with the volume's key, which must be
+// loaded (see CreateEncryptedSnapshot).
 func (p *Pool) CreateSnapshot(ctx context.Context, snapID, volID string, commit func(backend.Snapshot) error) (backend.Snapshot, error) {
-	src, err := p.Source(ctx, volID)
-	if err != nil {
-		return backend.Snapshot{}, err
-	}
+	return p.CreateEncryptedSnapshot(ctx, snapID, volID, nil, commit)
+}
+
+// createSnapshot copies the volume at src into snapshot snapID, encrypted
+// with policy when it is set.
+func (p *Pool) createSnapshot(ctx context.Context, snapID, volID string, src backend.Source, policy *fscrypt.KeyID, commit func(backend.Snapshot) error) (backend.Snapshot, error) {
 	snap := backend.Snapshot{ID: snapID, VolumeID: volID}
-	err = p.snapshots.Create(ctx, snapID, func(ctx context.Context, tmp string) error {
-		m, err := fileclone.CloneTree(ctx, src.Path, tmp)
+	err := p.snapshots.Create(ctx, snapID, func(ctx context.Context, tmp string) error {
+		m, err := p.cloneInto(ctx, src.Path, tmp, 0, policy)
 		if err != nil {
-			return err
+			return p.lockedError(err)
 		}
 		p.log.Debug("snapshot copied", "snapshot", snapID, "volume", volID, "method", m.String())
 		return nil
@@ -77,20 +81,23 @@ func (p *Pool) CreateVolumeFrom(ctx context.Context, id string, spec backend.Spe
 	if err != nil {
 		return backend.Volume{}, err
 	}
+	// An encrypted source's data never lands in a plain directory.
+	if _, encrypted, err := fscrypt.Policy(from); err == nil && encrypted && spec.Encryption == nil {
+		return backend.Volume{}, fmt.Errorf("content source %+v is encrypted; a volume made from it must be too: %w", src, errdefs.ErrInvalidArgument)
+	}
 	v := backend.Volume{ID: id, CapacityBytes: spec.CapacityBytes}
-	err = p.volumes.Create(ctx, id, func(ctx context.Context, tmp string) error {
-		// The copy keeps the root's mode and owner, as fsGroup left them.
-		if p.quota {
-			if _, err := p.cloneLimited(ctx, from, tmp, spec.CapacityBytes); err != nil {
-				return err
+	err = p.withKeys(spec.Encryption, func(policy *fscrypt.KeyID) error {
+		return p.volumes.Create(ctx, id, func(ctx context.Context, tmp string) error {
+			// The copy keeps the root's mode and owner, as fsGroup left them.
+			if _, err := p.cloneInto(ctx, from, tmp, spec.CapacityBytes, policy); err != nil {
+				return p.lockedError(err)
 			}
-			return setRecordedCapacity(tmp, spec.CapacityBytes)
-		}
-		if _, err := fileclone.CloneTree(ctx, from, tmp); err != nil {
-			return err
-		}
-		return p.prepareVolumeDir(ctx, id, tmp, spec.CapacityBytes)
-	}, func() error { return commit(v) })
+			if p.quota {
+				return setRecordedCapacity(tmp, spec.CapacityBytes)
+			}
+			return p.prepareVolumeDir(ctx, id, tmp, spec.CapacityBytes)
+		}, func() error { return commit(v) })
+	})
 	if err != nil {
 		return backend.Volume{}, fmt.Errorf("create volume %s from %+v: %w", id, src, err)
 	}

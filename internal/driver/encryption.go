@@ -1,0 +1,229 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/cairn-csi/cairn/internal/backend"
+	"github.com/cairn-csi/cairn/internal/errdefs"
+	"github.com/cairn-csi/cairn/internal/fscrypt"
+	"github.com/cairn-csi/cairn/internal/store"
+)
+
+// Per-volume encryption. A StorageClass turns it on with the parameter
+// "encryption: true"; the key comes from the CSI secret
+// encryptionPassphrase (per claim in Kubernetes, through the provisioner
+// and node-stage secret templates). Each volume's master key is derived
+// from the passphrase and the volume's ID, so one secret never yields one
+// key for two volumes. The store keeps the key's identifier only.
+const (
+	ParamEncryption            = "encryption"
+	SecretEncryptionPassphrase = "encryptionPassphrase"
+
+	ctxEncryption = "cairn.csi.dev/encryption"
+	ctxKeyID      = "cairn.csi.dev/keyID"
+
+	encryptionFscrypt = "fscrypt"
+
+	// minPassphraseBytes refuses passphrases too short to be a key: the
+	// key derivation does not stretch, so the secret must carry the
+	// entropy (32 random bytes, base64-encoded, are recommended).
+	minPassphraseBytes = 16
+)
+
+func parseEncryption(v string) (bool, error) {
+	switch v {
+	case "true":
+		return true, nil
+	case "false", "":
+		return false, nil
+	}
+	return false, invalid("parameters.%s %q must be true or false", ParamEncryption, truncate(v))
+}
+
+// passphrase returns the encryption passphrase from a request's secrets.
+func passphrase(secrets map[string]string) ([]byte, error) {
+	v, ok := secrets[SecretEncryptionPassphrase]
+	switch {
+	case !ok || v == "":
+		return nil, invalid("secrets.%s is required: the volume is encrypted with a key derived from it", SecretEncryptionPassphrase)
+	case len(v) < minPassphraseBytes:
+		return nil, invalid("secrets.%s is %d bytes; at least %d are required (32 random bytes are recommended)", SecretEncryptionPassphrase, len(v), minPassphraseBytes)
+	}
+	return []byte(v), nil
+}
+
+// volumeKey derives volume id's master key and its identifier.
+func volumeKey(secret []byte, id string) ([]byte, fscrypt.KeyID, error) {
+	key, err := fscrypt.DeriveKey(secret, id)
+	if err != nil {
+		return nil, fscrypt.KeyID{}, err
+	}
+	kid, err := fscrypt.Identifier(key)
+	return key, kid, err
+}
+
+// checkCanEncrypt refuses encryption in a pool that cannot do it, at
+// CreateVolume rather than at stage time.
+func checkCanEncrypt(ctx context.Context, name string, pool backend.Backend) error {
+	e, ok := pool.(backend.Encrypter)
+	if !ok {
+		return fmt.Errorf("parameters.%s: pool %q (%s) cannot encrypt volumes: %w", ParamEncryption, name, pool.Type(), errdefs.ErrFailedPrecondition)
+	}
+	if err := e.CanEncrypt(ctx); err != nil {
+		return fmt.Errorf("parameters.%s: pool %q cannot encrypt volumes: %w", ParamEncryption, name, asPrecondition(err))
+	}
+	return nil
+}
+
+func asPrecondition(err error) error {
+	if errdefs.Is(err, errdefs.ErrFailedPrecondition) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", err, errdefs.ErrFailedPrecondition)
+}
+
+// encryptionFor plans a new volume's encryption: its key, and the key of
+// an encrypted content source (derived from the same secret: a restore or
+// clone is unlocked with its source's secret). It refuses a plain volume
+// made from encrypted content. The returned unlock releases the lock on a
+// snapshot's source volume, held so that no stage or unstage of it loads or
+// drops its key while the restore copies.
+func (d *Driver) encryptionFor(ctx context.Context, encrypt bool, secret []byte, id string, src backend.ContentSource) (*backend.Encryption, string, func(), error) {
+	none := func() {}
+	srcEncrypted, srcVolID, err := d.sourceEncryption(ctx, src)
+	if err != nil {
+		return nil, "", none, err
+	}
+	if srcEncrypted && !encrypt {
+		return nil, "", none, invalid("volume_content_source is encrypted; a volume made from it must set parameters.%s: true", ParamEncryption)
+	}
+	if !encrypt {
+		return nil, "", none, nil
+	}
+	key, kid, err := volumeKey(secret, id)
+	if err != nil {
+		return nil, "", none, err
+	}
+	enc := &backend.Encryption{Key: key}
+	unlock := none
+	if srcEncrypted {
+		if src.SnapshotID != "" {
+			if unlock, err = d.lock(volKey(srcVolID)); err != nil {
+				return nil, "", none, err
+			}
+		}
+		if enc.SourceKey, err = fscrypt.DeriveKey(secret, srcVolID); err != nil {
+			unlock()
+			return nil, "", none, err
+		}
+	}
+	return enc, kid.String(), unlock, nil
+}
+
+// sourceEncryption reports whether a content source is encrypted, and the
+// volume whose key encrypts it.
+func (d *Driver) sourceEncryption(ctx context.Context, src backend.ContentSource) (bool, string, error) {
+	if src == (backend.ContentSource{}) {
+		return false, "", nil
+	}
+	var enc, volID string
+	err := d.store.View(ctx, func(tx *store.Tx) error {
+		if src.SnapshotID != "" {
+			s, err := tx.Snapshot(src.SnapshotID)
+			enc, volID = s.Encryption, s.SourceVolumeID
+			return err
+		}
+		v, err := tx.Volume(src.VolumeID)
+		enc, volID = v.Encryption, v.ID
+		return err
+	})
+	return enc != "", volID, err
+}
+
+// snapshotKey is the key a snapshot of encrypted volume v is made with:
+// derived from the request's secret when there is one (checked against the
+// volume), else nil, and the volume's key must then be loaded (staged).
+func snapshotKey(v store.Volume, secrets map[string]string) ([]byte, error) {
+	if _, ok := secrets[SecretEncryptionPassphrase]; !ok {
+		return nil, nil
+	}
+	secret, err := passphrase(secrets)
+	if err != nil {
+		return nil, err
+	}
+	key, kid, err := volumeKey(secret, v.ID)
+	if err != nil {
+		return nil, err
+	}
+	if kid.String() != v.KeyID {
+		return nil, fmt.Errorf("secrets.%s does not unlock volume %s: %w", SecretEncryptionPassphrase, v.ID, errdefs.ErrPermissionDenied)
+	}
+	return key, nil
+}
+
+// unlockDir loads the key of an encrypted directory volume from the
+// stage request's secrets. The directory's own policy says whether the
+// volume is encrypted and with which key, so this works in node mode,
+// without the store. A secret that derives another key is refused before
+// anything is loaded. It reports whether the volume is encrypted.
+func (d *Driver) unlockDir(nv nodeVolume, secrets map[string]string) (bool, error) {
+	if nv.src.Kind != backend.SourceDirectory {
+		return false, nil
+	}
+	want, encrypted, err := fscrypt.Policy(nv.src.Path)
+	if errors.Is(err, fscrypt.ErrNotSupported) || (err == nil && !encrypted) {
+		return false, nil
+	}
+	if err != nil {
+		return true, err
+	}
+	secret, err := passphrase(secrets)
+	if err != nil {
+		return true, err
+	}
+	key, kid, err := volumeKey(secret, nv.id)
+	if err != nil {
+		return true, err
+	}
+	if kid != want {
+		return true, fmt.Errorf("secrets.%s does not unlock volume %s: %w", SecretEncryptionPassphrase, nv.id, errdefs.ErrPermissionDenied)
+	}
+	if _, err := fscrypt.AddKey(nv.src.Path, key); err != nil {
+		return true, fmt.Errorf("load the key of volume %s: %w", nv.id, err)
+	}
+	return true, nil
+}
+
+// lockDir drops the key of an encrypted directory volume once nothing
+// mounts it, so that its data is ciphertext again until the next stage.
+func (d *Driver) lockDir(ctx context.Context, nv nodeVolume) error {
+	if nv.src.Kind != backend.SourceDirectory {
+		return nil
+	}
+	kid, encrypted, err := fscrypt.Policy(nv.src.Path)
+	if errors.Is(err, fscrypt.ErrNotSupported) || (err == nil && !encrypted) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	mps, err := d.mountsOf(ctx, nv.src)
+	if err != nil {
+		return err
+	}
+	if len(mps) > 0 {
+		d.log.Warn("unstage: the volume is still mounted elsewhere; its key stays loaded", "volume", nv.id, "mounts", mps)
+		return nil
+	}
+	busy, err := fscrypt.RemoveKey(nv.src.Path, kid)
+	if err != nil {
+		return fmt.Errorf("drop the key of volume %s: %w", nv.id, err)
+	}
+	if busy {
+		d.log.Warn("unstage: files of the volume are still open; they stay readable until closed, everything else is locked", "volume", nv.id)
+	}
+	d.log.Info("volume key dropped", "volume", nv.id, "key", kid.String())
+	return nil
+}
