@@ -184,6 +184,9 @@ func (d *Driver) Start(ctx context.Context) error {
 	}
 	if d.cfg.Mode.node() {
 		d.reconcileNode(ctx)
+		if d.store != nil {
+			d.reconcileKeys(ctx)
+		}
 	}
 	d.ready.Store(true)
 	return nil

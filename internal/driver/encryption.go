@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/cairn-csi/cairn/internal/backend"
+	"github.com/cairn-csi/cairn/internal/crashpoint"
 	"github.com/cairn-csi/cairn/internal/errdefs"
 	"github.com/cairn-csi/cairn/internal/fscrypt"
 	"github.com/cairn-csi/cairn/internal/store"
@@ -193,7 +194,56 @@ func (d *Driver) unlockDir(nv nodeVolume, secrets map[string]string) (bool, erro
 	if _, err := fscrypt.AddKey(nv.src.Path, key); err != nil {
 		return true, fmt.Errorf("load the key of volume %s: %w", nv.id, err)
 	}
+	// A crash from here to the mount leaves the key loaded with nothing
+	// mounted: start-up reconcile drops it (reconcileKeys).
+	crashpoint.Hit("stage:unlocked")
 	return true, nil
+}
+
+// reconcileKeys drops the keys of encrypted volumes that nothing mounts:
+// left loaded by a crash between unlocking and mounting, or during a copy
+// that loaded a key for its length. A volume that is still mounted (the
+// driver restarted under a running workload) keeps its key.
+func (d *Driver) reconcileKeys(ctx context.Context) {
+	var vols []store.Volume
+	err := d.store.View(ctx, func(tx *store.Tx) error {
+		all, _, err := tx.Volumes("", 0)
+		for _, v := range all {
+			if v.Encryption != "" {
+				vols = append(vols, v)
+			}
+		}
+		return err
+	})
+	if err != nil {
+		d.log.Error("reconcile: list encrypted volumes", "err", err)
+		return
+	}
+	for _, v := range vols {
+		pool, ok := d.pools[v.Pool]
+		if !ok {
+			continue
+		}
+		src, err := pool.Source(ctx, v.ID)
+		if err != nil || src.Kind != backend.SourceDirectory {
+			continue
+		}
+		kid, encrypted, err := fscrypt.Policy(src.Path)
+		if err != nil || !encrypted {
+			continue
+		}
+		if present, err := fscrypt.KeyPresent(src.Path, kid); err != nil || !present {
+			continue
+		}
+		if mps, err := d.mountsOf(ctx, src); err != nil || len(mps) > 0 {
+			continue
+		}
+		if _, err := fscrypt.RemoveKey(src.Path, kid); err != nil {
+			d.log.Error("reconcile: cannot drop the key of an unmounted encrypted volume", "volume", v.ID, "err", err)
+			continue
+		}
+		d.log.Warn("reconcile: dropped the key of an encrypted volume that nothing mounts (left by a crash)", "volume", v.ID, "key", kid.String())
+	}
 }
 
 // lockDir drops the key of an encrypted directory volume once nothing

@@ -2,7 +2,9 @@ package crash
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -14,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 	mount "k8s.io/mount-utils"
 
+	"github.com/cairn-csi/cairn/internal/fscrypt"
 	"github.com/cairn-csi/cairn/internal/fsfreeze"
 	"github.com/cairn-csi/cairn/internal/loopdev"
 )
@@ -217,6 +220,9 @@ func (h *harness) checkMounts(vols map[string]bool, uncertain map[any]bool) {
 		}
 	}
 	for _, v := range h.m.vols {
+		if v.state == alive || uncertain[v] {
+			h.checkKey(v, mounts[h.stagingPath(v.id)] > 0, uncertain[v])
+		}
 		if v.state != alive || uncertain[v] {
 			continue
 		}
@@ -226,6 +232,34 @@ func (h *harness) checkMounts(vols map[string]bool, uncertain map[any]bool) {
 		if v.pub && mounts[h.targetPath(v.id)] == 0 {
 			h.fatalf("volume %s (%s) is published but %s is not mounted", v.name, v.id, h.targetPath(v.id))
 		}
+	}
+}
+
+// checkKey: an encrypted volume's key is loaded exactly while it is
+// staged. A key loaded with nothing mounted is a leak (a crash between
+// unlock and mount, or during a copy) that start-up reconcile must clean,
+// so that holds for volumes whose last operation was interrupted too.
+func (h *harness) checkKey(v *volume, mounted, uncertain bool) {
+	if !h.tg.encrypted || v.id == "" {
+		return
+	}
+	dir := filepath.Join(h.poolRoot, "volumes", v.id)
+	kid, encrypted, err := fscrypt.Policy(dir)
+	if errors.Is(err, fs.ErrNotExist) && uncertain {
+		return // an interrupted create or delete
+	}
+	if err != nil || !encrypted {
+		h.fatalf("volume %s (%s) of an encrypting target is not encrypted: %v", v.name, v.id, err)
+	}
+	present, err := fscrypt.KeyPresent(dir, kid)
+	if err != nil {
+		h.fatalf("key status of %s: %v", v.id, err)
+	}
+	switch {
+	case present && !mounted:
+		h.fatalf("volume %s (%s): its key is loaded but nothing mounts it", v.name, v.id)
+	case !present && v.staged && !uncertain:
+		h.fatalf("volume %s (%s) is staged but its key is not loaded", v.name, v.id)
 	}
 }
 

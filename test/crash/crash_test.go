@@ -34,6 +34,9 @@ type target struct {
 	poolType string // cairn pool type
 	fsType   string // testfs type holding the pool
 	size     int64
+	// encrypted: every volume is encrypted (fscrypt), and every call that
+	// takes the secret gets it.
+	encrypted bool
 }
 
 // hasCap reports whether this process has capability c in its effective set.
@@ -155,6 +158,8 @@ func TestCrash(t *testing.T) {
 	default:
 		targets = append(targets, target{name: "btrfs", poolType: "btrfs", fsType: "btrfs", size: 1 << 30})
 	}
+
+	targets = append(targets, target{name: "dir-fscrypt", poolType: "dir", fsType: "ext4-encrypt", size: 512 << 20, encrypted: true})
 
 	// The kills are shared out among the targets, so that the run's length
 	// does not grow with the number of pool types.

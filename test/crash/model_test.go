@@ -417,7 +417,7 @@ func (h *harness) runOp(o *op) error {
 		_, err := c.ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id, Secrets: map[string]string{}})
 		return wrap("DeleteVolume", err)
 	case opSnapshot:
-		resp, err := c.ctl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: o.snap.name, SourceVolumeId: o.src.id})
+		resp, err := c.ctl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: o.snap.name, SourceVolumeId: o.src.id, Secrets: h.secrets()})
 		if err != nil {
 			return wrap("CreateSnapshot", err)
 		}
@@ -469,6 +469,10 @@ func (h *harness) create(ctx context.Context, c clients, o *op) error {
 		Name:               v.name,
 		CapacityRange:      &csi.CapacityRange{RequiredBytes: v.bytes},
 		VolumeCapabilities: []*csi.VolumeCapability{mountCap},
+		Secrets:            h.secrets(),
+	}
+	if h.tg.encrypted {
+		req.Parameters = map[string]string{"encryption": "true"}
 	}
 	var want [32]byte
 	switch {
@@ -545,7 +549,7 @@ func (h *harness) stage(ctx context.Context, c clients, id, staging string) erro
 	if err := os.MkdirAll(staging, 0o750); err != nil { // the CO makes the staging directory
 		return permanent{err}
 	}
-	_, err := c.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: mountCap})
+	_, err := c.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: mountCap, Secrets: h.secrets()})
 	return wrap("NodeStageVolume "+id, err)
 }
 
@@ -623,4 +627,13 @@ func (h *harness) readBack(v *volume, dir string, want [32]byte) error {
 			v.name, v.id, dir, got, stored, want)}
 	}
 	return nil
+}
+
+// secrets are the CSI secrets of every call that takes them: the
+// encryption passphrase on an encrypted target, none elsewhere.
+func (h *harness) secrets() map[string]string {
+	if !h.tg.encrypted {
+		return nil
+	}
+	return map[string]string{"encryptionPassphrase": "crash-harness-passphrase-32-bytes"}
 }
