@@ -104,8 +104,8 @@ func openPools(ctx context.Context, specs poolFlags, log *slog.Logger) ([]driver
 // kernelLoops is driver.LoopDevices over internal/loopdev.
 type kernelLoops struct{}
 
-func (kernelLoops) Attach(ctx context.Context, file string, readOnly bool) (string, error) {
-	d, err := loopdev.Attach(ctx, file, loopdev.Options{ReadOnly: readOnly, DirectIO: true})
+func (kernelLoops) Attach(ctx context.Context, file string, readOnly bool, blockSize uint32) (string, error) {
+	d, err := loopdev.Attach(ctx, file, loopdev.Options{ReadOnly: readOnly, DirectIO: true, BlockSize: blockSize})
 	return d.Path, err
 }
 

@@ -1,0 +1,285 @@
+//go:build linux
+
+package image
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+)
+
+// The tests in this file close holes of issue 10 (image-pool correctness):
+// items 5 (logical block size after a snapshot), 6 (a kill during the
+// first mkfs), 8 (offline ext4 growth) and 9c (no resize of an unchanged
+// volume).
+
+// testFS is a filesystem inside image volumes and a size under 512 MiB it
+// can be made on (xfs needs 300 MiB).
+var testFS = []struct {
+	fs   string
+	size int64
+}{{"ext4", 64 * mib}, {"xfs", 300 * mib}}
+
+func snapSource(id string) *csi.VolumeContentSource {
+	return &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: id}}}
+}
+
+func cloneSource(id string) *csi.VolumeContentSource {
+	return &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: id}}}
+}
+
+// TestRestageAfterSnapshot closes issue 10 item 5: on a pool that shares
+// extents, a snapshot made the image's direct-I/O alignment 4096, the next
+// attach took that as the device's logical block size, and a 64 MiB ext4
+// (1 KiB blocks) or an xfs with 512-byte sectors no longer mounted: the
+// volume, its restores and its clones were unusable.
+func TestRestageAfterSnapshot(t *testing.T) {
+	for _, pool := range []string{"xfs-noquota", "btrfs"} {
+		t.Run(pool, func(t *testing.T) {
+			e := newEnv(t, pool, 2<<30)
+			for _, tc := range testFS {
+				t.Run(tc.fs, func(t *testing.T) {
+					v := e.create("src-"+tc.fs, tc.size, mountCap(tc.fs), nil, nil)
+					e.stagePublish(v)
+					sum := writeFile(t, filepath.Join(v.target, "data"), 7, 256<<10)
+					// A snapshot of the staged volume: the pool reflinks the image
+					// while the driver has the filesystem frozen.
+					snap, err := e.ctl.CreateSnapshot(e.ctx(), &csi.CreateSnapshotRequest{Name: "snap-" + tc.fs, SourceVolumeId: v.GetVolumeId()})
+					if err != nil {
+						t.Fatal(err)
+					}
+					e.unpublishUnstage(v)
+					restored := e.create("restored-"+tc.fs, tc.size, mountCap(tc.fs), nil, snapSource(snap.GetSnapshot().GetSnapshotId()))
+					clone := e.create("clone-"+tc.fs, tc.size, mountCap(tc.fs), nil, cloneSource(v.GetVolumeId()))
+					for _, c := range []*volume{v, restored, clone} {
+						e.stagePublish(c)
+						if got := hashPrefix(t, filepath.Join(c.target, "data"), 256<<10); got != sum {
+							t.Errorf("%s: data differs after re-stage", c.GetVolumeId())
+						}
+						e.unpublishUnstage(c)
+					}
+				})
+			}
+		})
+	}
+}
+
+// writePartialFS makes a fsType filesystem of size bytes in a scratch file
+// and copies only its first n bytes into image: what a mkfs killed after
+// writing its superblock leaves.
+func writePartialFS(t *testing.T, image, fsType string, size, n int64) {
+	t.Helper()
+	scratch := filepath.Join(t.TempDir(), "scratch")
+	if err := os.WriteFile(scratch, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(scratch, size); err != nil {
+		t.Fatal(err)
+	}
+	force := "-F"
+	if fsType == "xfs" {
+		force = "-f"
+	}
+	if out, err := exec.Command("mkfs."+fsType, "-q", force, scratch).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.%s: %v\n%s", fsType, err, out)
+	}
+	buf := make([]byte, n)
+	src, err := os.Open(scratch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	if _, err := src.ReadAt(buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	dst, err := os.OpenFile(image, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	if _, err := dst.WriteAt(buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.Sync(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestHalfWrittenFirstFormat closes issue 10 item 6 deterministically: a
+// first mkfs killed after its superblock was on disk left a volume that
+// every NodeStage refused ("Structure needs cleaning"), because the
+// superblock was taken for a filesystem and never formatted again.
+func TestHalfWrittenFirstFormat(t *testing.T) {
+	e := newEnv(t, "ext4", 2<<30)
+	for _, tc := range testFS {
+		t.Run(tc.fs, func(t *testing.T) {
+			v := e.create("half-"+tc.fs, tc.size, mountCap(tc.fs), nil, nil)
+			writePartialFS(t, e.image(v), tc.fs, tc.size, 64<<10)
+			e.stagePublish(v)
+			sum := writeFile(t, filepath.Join(v.target, "data"), 9, 64<<10)
+			e.unpublishUnstage(v)
+			// Formatted now: the next stage must keep the data.
+			e.stagePublish(v)
+			if got := hashPrefix(t, filepath.Join(v.target, "data"), 64<<10); got != sum {
+				t.Errorf("data differs after re-stage: the volume was formatted again")
+			}
+			e.unpublishUnstage(v)
+		})
+	}
+}
+
+// mkfsChildren returns the pids of mkfs processes whose parent runs bin.
+func mkfsChildren(bin string) []int {
+	var out []int
+	ents, _ := os.ReadDir("/proc")
+	for _, ent := range ents {
+		pid, err := strconv.Atoi(ent.Name())
+		if err != nil {
+			continue
+		}
+		comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		if err != nil || !strings.HasPrefix(string(comm), "mkfs") {
+			continue
+		}
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(status), "\n") {
+			if v, ok := strings.CutPrefix(l, "PPid:"); ok {
+				if exe, err := os.Readlink(fmt.Sprintf("/proc/%s/exe", strings.TrimSpace(v))); err == nil && exe == bin {
+					out = append(out, pid)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// TestKillDuringFirstFormat closes issue 10 item 6 with real kills: cairn
+// and its mkfs child (one process group) are SIGKILLed at several points
+// of a first stage (while mkfs runs, and right after it finished but
+// before "formatted" was recorded); after a restart, staging must succeed
+// and a formatted volume must then keep its data.
+func TestKillDuringFirstFormat(t *testing.T) {
+	e := newEnv(t, "ext4", 2<<30)
+	for _, tc := range testFS {
+		for _, delay := range []time.Duration{0, 5 * time.Millisecond, 30 * time.Millisecond, -1} {
+			name := fmt.Sprintf("%s/mkfs+%v", tc.fs, delay)
+			if delay < 0 {
+				name = tc.fs + "/crashpoint-stage:formatted"
+			}
+			t.Run(name, func(t *testing.T) {
+				v := e.create(fmt.Sprintf("kill-%s-%d", tc.fs, delay), tc.size, mountCap(tc.fs), nil, nil)
+				if delay < 0 {
+					e.proc.Kill()
+					e.proc.Env = []string{"CAIRN_CRASHPOINT=stage:formatted"}
+					e.proc.Restart(true)
+					e.redial()
+				}
+				done := make(chan error, 1)
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				defer cancel()
+				go func() {
+					_, err := e.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{
+						VolumeId: v.GetVolumeId(), StagingTargetPath: v.staging, VolumeCapability: v.cap, VolumeContext: v.GetVolumeContext(),
+					})
+					done <- err
+				}()
+				if delay >= 0 {
+					seen := false
+					for deadline := time.Now().Add(30 * time.Second); !seen && time.Now().Before(deadline); {
+						seen = len(mkfsChildren(e.proc.Bin)) > 0
+						if !seen {
+							time.Sleep(200 * time.Microsecond)
+						}
+					}
+					if !seen {
+						t.Fatal("mkfs never ran")
+					}
+					time.Sleep(delay)
+					e.proc.Kill() // the whole process group, mkfs with it
+				}
+				if err := <-done; err == nil {
+					t.Fatal("NodeStageVolume succeeded though cairn was killed during it")
+				}
+				e.proc.Kill()
+				e.proc.Env = nil
+				e.proc.Restart(true)
+				e.redial()
+				e.stagePublish(v)
+				sum := writeFile(t, filepath.Join(v.target, "data"), 11, 64<<10)
+				e.unpublishUnstage(v)
+				e.stagePublish(v)
+				if got := hashPrefix(t, filepath.Join(v.target, "data"), 64<<10); got != sum {
+					t.Errorf("data differs after re-stage: the volume was formatted again")
+				}
+				e.unpublishUnstage(v)
+			})
+		}
+	}
+}
+
+// growLines counts the stage-time grows cairn logged for volume id.
+func growLines(log, id string) int {
+	n := 0
+	for _, l := range strings.Split(log, "\n") {
+		if strings.Contains(l, "filesystem grown") && strings.Contains(l, id) {
+			n++
+		}
+	}
+	return n
+}
+
+// TestStageGrowsOnlyWhenLarger closes issue 10 items 8 and 9c: every
+// stage ran resize2fs or xfs_growfs though nothing had changed (and on a
+// host without CAP_SYS_RESOURCE an ext4 one failed with EPERM, so an ext4
+// volume expanded while unstaged never staged again). A stage must grow
+// exactly when the image is larger than the filesystem, and ext4 offline.
+func TestStageGrowsOnlyWhenLarger(t *testing.T) {
+	e := newEnv(t, "btrfs", 2<<30)
+	for _, tc := range []struct {
+		fs   string
+		size int64
+	}{{"ext4", 64 * mib}, {"xfs", 300 * mib}, {"btrfs", 128 * mib}} {
+		t.Run(tc.fs, func(t *testing.T) {
+			v := e.create("grow-"+tc.fs, tc.size, mountCap(tc.fs), nil, nil)
+			id := v.GetVolumeId()
+			for i := 0; i < 2; i++ {
+				e.stagePublish(v)
+				e.unpublishUnstage(v)
+			}
+			if n := growLines(e.proc.Log(), id); n != 0 {
+				t.Errorf("unchanged volume: %d grows logged over two stages, want none", n)
+			}
+			if _, err := e.ctl.ControllerExpandVolume(e.ctx(), &csi.ControllerExpandVolumeRequest{
+				VolumeId: id, CapacityRange: &csi.CapacityRange{RequiredBytes: tc.size + 64*mib}}); err != nil {
+				t.Fatal(err)
+			}
+			e.stagePublish(v)
+			if got := statfsTotal(t, v.target); got < tc.size+32*mib {
+				t.Errorf("after expansion while unstaged: filesystem is %d bytes, want about %d", got, tc.size+64*mib)
+			}
+			e.unpublishUnstage(v)
+			e.stagePublish(v)
+			e.unpublishUnstage(v)
+			if n := growLines(e.proc.Log(), id); n != 1 {
+				t.Errorf("expanded once: %d grows logged, want exactly 1", n)
+			}
+		})
+	}
+}
+
+// redial points the clients at the restarted process.
+func (e *env) redial() {
+	conn := e.proc.Dial()
+	e.ctl, e.node = csi.NewControllerClient(conn), csi.NewNodeClient(conn)
+}
