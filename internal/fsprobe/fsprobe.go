@@ -174,14 +174,21 @@ func parseBtrfs(buf []byte) (Info, bool) {
 	return Info{Type: "btrfs", BlockSize: sect, SectorSize: sect, Size: int64(le.Uint64(sb[201+8:]))}, true
 }
 
+// btrfsMinResize is the smallest size the kernel resizes a btrfs device to
+// (btrfs_ioctl_resize refuses less than 256 MiB with EINVAL).
+const btrfsMinResize = 256 << 20
+
 // GrowTarget returns the size the filesystem would have if grown to fill a
 // device of devSize bytes: devSize rounded down to whole blocks, less the
 // last ext block group where resize2fs would drop it as too small to hold
-// its own metadata. Comparing it with Size tells whether a grow would do
+// its own metadata; a btrfs below 256 MiB cannot be resized at all. Comparing it with Size tells whether a grow would do
 // anything, so that an unchanged volume never runs the resize tools.
 func (i Info) GrowTarget(devSize int64) int64 {
 	if i.BlockSize <= 0 {
 		return devSize
+	}
+	if i.Type == "btrfs" && devSize < btrfsMinResize {
+		return i.Size
 	}
 	blocks := devSize / i.BlockSize
 	if g := i.ext; g != nil {

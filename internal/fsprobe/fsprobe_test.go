@@ -137,3 +137,20 @@ func TestExtGrowTarget(t *testing.T) {
 		})
 	}
 }
+
+// TestBtrfsGrowTarget: the kernel refuses to resize a btrfs device below
+// 256 MiB, so a stage that tried would fail forever (issue 10 item 9c's
+// check must say "nothing to grow" there).
+func TestBtrfsGrowTarget(t *testing.T) {
+	info := Info{Type: "btrfs", BlockSize: 4096, SectorSize: 4096, Size: 128 * mib}
+	for _, tc := range []struct{ dev, want int64 }{
+		{128 * mib, 128 * mib},
+		{192 * mib, 128 * mib},
+		{256 * mib, 256 * mib},
+		{320*mib + 100, 320 * mib},
+	} {
+		if got := info.GrowTarget(tc.dev); got != tc.want {
+			t.Errorf("GrowTarget(%d) = %d, want %d", tc.dev, got, tc.want)
+		}
+	}
+}
