@@ -315,15 +315,17 @@ func clampBlockSize(n int64) uint32 {
 }
 
 // mkfsBlockSize is the block size to pin for a device mkfs is about to
-// format with the StorageClass's options: 4096, or what the options ask
-// for (ext "-b N", xfs "-s size=N") where they ask for less.
+// format with the StorageClass's options: 4096, or less where the options
+// ask for smaller ext blocks ("-b N") or xfs sectors ("-s size=N"), or for
+// xfs blocks ("-b size=N") that a 4096-byte sector would not fit in.
 func mkfsBlockSize(fsType string, opts []string) uint32 {
+	bs := int64(newImageBlockSize)
 	for i := 0; i+1 < len(opts); i++ {
 		var v string
 		switch {
 		case strings.HasPrefix(fsType, "ext") && opts[i] == "-b":
 			v = opts[i+1]
-		case fsType == "xfs" && opts[i] == "-s":
+		case fsType == "xfs" && (opts[i] == "-s" || opts[i] == "-b"):
 			for _, kv := range strings.Split(opts[i+1], ",") {
 				if s, ok := strings.CutPrefix(kv, "size="); ok {
 					v = s
@@ -331,10 +333,10 @@ func mkfsBlockSize(fsType string, opts []string) uint32 {
 			}
 		}
 		if n, err := strconv.ParseInt(v, 10, 64); err == nil && n > 0 {
-			return clampBlockSize(n)
+			bs = min(bs, n)
 		}
 	}
-	return newImageBlockSize
+	return clampBlockSize(bs)
 }
 
 // mkfsArgs are the arguments to mkfs.<fsType> for dev: force (the device
@@ -352,7 +354,7 @@ func mkfsArgs(fsType string, opts []string, dev string) []string {
 	case fsType == "xfs":
 		args = []string{"-f"}
 		if !slices.Contains(opts, "-s") {
-			args = append(args, "-s", "size="+strconv.Itoa(newImageBlockSize))
+			args = append(args, "-s", fmt.Sprintf("size=%d", mkfsBlockSize(fsType, opts)))
 		}
 	default:
 		args = []string{"-f"}
