@@ -517,6 +517,9 @@ func TestAttachBlockSize(t *testing.T) {
 			if got := strings.TrimSpace(string(raw)); got != fmt.Sprint(tc.bs) || d.BlockSize != tc.bs {
 				t.Errorf("logical block size: sysfs %s, Device.BlockSize %d; want %d", got, d.BlockSize, tc.bs)
 			}
+			if found, err := FindByBackingFile(context.Background(), d.BackingFile); err != nil || len(found) != 1 || found[0].BlockSize != tc.bs {
+				t.Errorf("FindByBackingFile = %+v, %v; want one device with block size %d", found, err, tc.bs)
+			}
 			writeDevice(t, d.Path, nil)
 		})
 	}
