@@ -45,20 +45,32 @@ func TestRestageAfterSnapshot(t *testing.T) {
 	for _, pool := range []string{"xfs-noquota", "btrfs"} {
 		t.Run(pool, func(t *testing.T) {
 			e := newEnv(t, pool, 2<<30)
-			for _, tc := range testFS {
-				t.Run(tc.fs, func(t *testing.T) {
-					v := e.create("src-"+tc.fs, tc.size, mountCap(tc.fs), nil, nil)
+			for _, tc := range []struct {
+				name, fs string
+				size     int64
+				params   map[string]string
+			}{
+				{"ext4", "ext4", 64 * mib, nil},
+				{"xfs", "xfs", 300 * mib, nil},
+				// The geometry of volumes formatted before sizes were pinned
+				// (mke2fs picks 1 KiB blocks under 512 MiB; xfs took the
+				// device's 512-byte sectors): they must keep staging too.
+				{"ext4-1k", "ext4", 64 * mib, map[string]string{"mkfsOptions": "-b 1024"}},
+				{"xfs-512", "xfs", 300 * mib, map[string]string{"mkfsOptions": "-s size=512"}},
+			} {
+				t.Run(tc.name, func(t *testing.T) {
+					v := e.create("src-"+tc.name, tc.size, mountCap(tc.fs), tc.params, nil)
 					e.stagePublish(v)
 					sum := writeFile(t, filepath.Join(v.target, "data"), 7, 256<<10)
 					// A snapshot of the staged volume: the pool reflinks the image
 					// while the driver has the filesystem frozen.
-					snap, err := e.ctl.CreateSnapshot(e.ctx(), &csi.CreateSnapshotRequest{Name: "snap-" + tc.fs, SourceVolumeId: v.GetVolumeId()})
+					snap, err := e.ctl.CreateSnapshot(e.ctx(), &csi.CreateSnapshotRequest{Name: "snap-" + tc.name, SourceVolumeId: v.GetVolumeId()})
 					if err != nil {
 						t.Fatal(err)
 					}
 					e.unpublishUnstage(v)
-					restored := e.create("restored-"+tc.fs, tc.size, mountCap(tc.fs), nil, snapSource(snap.GetSnapshot().GetSnapshotId()))
-					clone := e.create("clone-"+tc.fs, tc.size, mountCap(tc.fs), nil, cloneSource(v.GetVolumeId()))
+					restored := e.create("restored-"+tc.name, tc.size, mountCap(tc.fs), tc.params, snapSource(snap.GetSnapshot().GetSnapshotId()))
+					clone := e.create("clone-"+tc.name, tc.size, mountCap(tc.fs), tc.params, cloneSource(v.GetVolumeId()))
 					for _, c := range []*volume{v, restored, clone} {
 						e.stagePublish(c)
 						if got := hashPrefix(t, filepath.Join(c.target, "data"), 256<<10); got != sum {
