@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 )
 
 // The tests in this file close holes of issue 10 (image-pool correctness):
@@ -298,4 +299,49 @@ func TestStageGrowsOnlyWhenLarger(t *testing.T) {
 func (e *env) redial() {
 	conn := e.proc.Dial()
 	e.ctl, e.node = csi.NewControllerClient(conn), csi.NewNodeClient(conn)
+}
+
+// TestLegacyVolumeWithoutRecord guards the other side of issue 10 item 6:
+// volumes created before pools recorded a format state have no record, and
+// one that holds a filesystem must be mounted as it is (never wiped), with
+// the loop device pinned to its 1 KiB blocks, and then recorded as
+// formatted; a blank one is formatted.
+func TestLegacyVolumeWithoutRecord(t *testing.T) {
+	e := newEnv(t, "xfs-noquota", 1<<30)
+	legacy := func(name string) *volume {
+		v := e.create(name, 64*mib, mountCap("ext4"), nil, nil)
+		for _, x := range []string{"trusted.cairn.format", "user.cairn.format"} {
+			unix.Removexattr(e.image(v), x)
+		}
+		return v
+	}
+	formatted := func(v *volume) {
+		t.Helper()
+		buf := make([]byte, 16)
+		n, err := unix.Getxattr(e.image(v), "trusted.cairn.format", buf)
+		if err != nil || string(buf[:n]) != "done" {
+			t.Errorf("%s: format record %q, %v; want done", v.GetVolumeId(), buf[:max(n, 0)], err)
+		}
+	}
+
+	old := legacy("legacy-ext4")
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-b", "1024", "-L", "legacy", e.image(old)).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
+	}
+	e.stagePublish(old)
+	bs, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(e.loopOf(old)), "queue", "logical_block_size"))
+	if err != nil || strings.TrimSpace(string(bs)) != "1024" {
+		t.Errorf("loop device of a 1 KiB-block ext4: logical block size %q, %v; want 1024", bs, err)
+	}
+	out, err := exec.Command("blkid", "-o", "value", "-s", "LABEL", e.loopOf(old)).Output()
+	if err != nil || strings.TrimSpace(string(out)) != "legacy" {
+		t.Errorf("label %q, %v: the legacy filesystem was formatted again", out, err)
+	}
+	e.unpublishUnstage(old)
+	formatted(old)
+
+	blank := legacy("legacy-blank")
+	e.stagePublish(blank)
+	e.unpublishUnstage(blank)
+	formatted(blank)
 }
