@@ -402,7 +402,7 @@ func (d *Driver) markFormatted(ctx context.Context, nv nodeVolume) error {
 //     size, an expansion while unstaged). ext* grows before mounting,
 //     offline, which needs no CAP_SYS_RESOURCE; xfs and btrfs can only
 //     grow mounted, after the mount. An unchanged volume runs no tool.
-func (d *Driver) stageImage(ctx context.Context, nv nodeVolume, staging string, m *csi.VolumeCapability_MountVolume) (retErr error) {
+func (d *Driver) stageImage(ctx context.Context, nv nodeVolume, staging string, m *csi.VolumeCapability_MountVolume) error {
 	devs, err := d.cfg.Loop.Find(ctx, nv.src.Path)
 	if err != nil || len(devs) == 0 {
 		return fmt.Errorf("loop device for %s vanished: %v: %w", nv.src.Path, err, errdefs.ErrAborted)
