@@ -207,23 +207,37 @@ func TestKillDuringFirstFormat(t *testing.T) {
 					})
 					done <- err
 				}()
+				var stageErr error
+				finished := delay < 0 // the crashpoint kills it; just wait
 				if delay >= 0 {
 					seen := false
-					for deadline := time.Now().Add(30 * time.Second); !seen && time.Now().Before(deadline); {
-						seen = len(mkfsChildren(e.proc.Bin)) > 0
-						if !seen {
-							time.Sleep(200 * time.Microsecond)
+					for deadline := time.Now().Add(30 * time.Second); !seen && !finished && time.Now().Before(deadline); {
+						select {
+						case stageErr = <-done:
+							finished = true
+						default:
+							if seen = len(mkfsChildren(e.proc.Bin)) > 0; !seen {
+								time.Sleep(200 * time.Microsecond)
+							}
 						}
 					}
-					if !seen {
-						t.Fatal("mkfs never ran")
+					switch {
+					case seen:
+						time.Sleep(delay)
+						e.proc.Kill() // the whole process group, mkfs with it
+					case !finished:
+						t.Fatal("neither did mkfs run nor did the stage finish")
 					}
-					time.Sleep(delay)
-					e.proc.Kill() // the whole process group, mkfs with it
 				}
-				if err := <-done; err == nil {
-					// mkfs and the stage were quicker than the delay: a kill
-					// after the stage, which must converge too.
+				if !finished || delay < 0 {
+					stageErr = <-done
+				}
+				switch {
+				case stageErr == nil && delay < 0:
+					t.Fatal("the stage succeeded: kill point stage:formatted was never reached")
+				case stageErr == nil:
+					// mkfs and the stage were quicker than the poll or the
+					// delay: a kill after the stage, which must converge too.
 					t.Logf("the stage completed before the kill")
 				}
 				e.proc.Kill()
