@@ -156,8 +156,8 @@ func openPools(ctx context.Context, specs poolFlags, mkfs mkfsFlags, log *slog.L
 // kernelLoops is driver.LoopDevices over internal/loopdev.
 type kernelLoops struct{}
 
-func (kernelLoops) Attach(ctx context.Context, file string, readOnly bool) (string, error) {
-	d, err := loopdev.Attach(ctx, file, loopdev.Options{ReadOnly: readOnly, DirectIO: true})
+func (kernelLoops) Attach(ctx context.Context, file string, readOnly bool, blockSize uint32) (string, error) {
+	d, err := loopdev.Attach(ctx, file, loopdev.Options{ReadOnly: readOnly, DirectIO: true, BlockSize: blockSize})
 	return d.Path, err
 }
 

@@ -240,6 +240,44 @@ type ImageFiles interface {
 	VolumeForImage(path string) (id string, ok bool)
 }
 
+// FormatState is what a pool records of whether the node has formatted a
+// volume's image.
+type FormatState int
+
+// Format states.
+const (
+	// FormatUnknown: nothing is recorded (a volume made before pools
+	// recorded it, a block volume, or a pool that cannot record it). The
+	// node trusts a filesystem it finds and formats only a blank device.
+	FormatUnknown FormatState = iota
+	// FormatPending: the volume has never been formatted to completion, so
+	// whatever a device holds is the leftover of an interrupted mkfs and
+	// is wiped and formatted again.
+	FormatPending
+	// FormatDone: mkfs completed and was synced: never format again.
+	FormatDone
+)
+
+func (s FormatState) String() string {
+	switch s {
+	case FormatPending:
+		return "pending"
+	case FormatDone:
+		return "done"
+	}
+	return "unknown"
+}
+
+// FormatRecorder is implemented by pools whose volumes are images the node
+// formats. The record travels with the volume: a snapshot, restore or clone
+// has its source's state, and it goes when the volume goes.
+type FormatRecorder interface {
+	FormatState(ctx context.Context, id string) (FormatState, error)
+	// MarkFormatted durably records that volume id holds a complete
+	// filesystem; the caller has synced the filesystem first.
+	MarkFormatted(ctx context.Context, id string) error
+}
+
 // StatfsUsage reports the usage of the filesystem holding path: what a
 // volume that is a whole filesystem (a mounted image), or a directory
 // without a limit of its own, can report.

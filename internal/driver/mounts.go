@@ -20,8 +20,9 @@ import (
 // LoopDevices is what the node needs of loop devices; internal/loopdev
 // implements it with the kernel's ioctls, tests may fake it.
 type LoopDevices interface {
-	// Attach attaches file and returns the device path.
-	Attach(ctx context.Context, file string, readOnly bool) (string, error)
+	// Attach attaches file with its logical block size pinned to blockSize
+	// (0: the kernel's choice) and returns the device path.
+	Attach(ctx context.Context, file string, readOnly bool, blockSize uint32) (string, error)
 	// Find returns the devices that file is attached to.
 	Find(ctx context.Context, file string) ([]string, error)
 	// Detach detaches dev; a detached device is not an error.

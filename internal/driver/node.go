@@ -162,7 +162,7 @@ func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 			return err
 		}
 		if len(devs) == 0 {
-			dev, err := d.cfg.Loop.Attach(ctx, nv.src.Path, false)
+			dev, err := d.cfg.Loop.Attach(ctx, nv.src.Path, false, d.imageBlockSize(ctx, nv, req.GetVolumeCapability()))
 			if err != nil {
 				return fmt.Errorf("attach %s: %w", nv.src.Path, err)
 			}
@@ -221,25 +221,7 @@ func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 			return err
 		}
 	case backend.SourceImageFile:
-		devs, err := d.cfg.Loop.Find(ctx, nv.src.Path)
-		if err != nil || len(devs) == 0 {
-			return fmt.Errorf("loop device for %s vanished: %v: %w", nv.src.Path, err, errdefs.ErrAborted)
-		}
-		fsType := firstNonEmpty(m.GetFsType(), nv.fsType, "ext4")
-		if err := checkFsType("volume_capability.mount.fs_type", fsType); err != nil {
-			return err
-		}
-		if _, _, err := mountfd.ParseOptions(fsType, m.GetMountFlags()); err != nil {
-			return fmt.Errorf("volume_capability.mount.mount_flags: %w", err)
-		}
-		opts := imageMountOptions(fsType, m.GetMountFlags())
-		if err := d.mounter.FormatAndMountSensitiveWithFormatOptions(devs[0], staging, fsType, opts, nil, nv.mkfs); err != nil {
-			return fmt.Errorf("format and mount %s at %s: %w", devs[0], staging, err)
-		}
-		if err := d.growStaged(ctx, nv, devs[0], staging, opts); err != nil {
-			if uerr := d.mounter.Unmount(staging); uerr != nil {
-				err = errors.Join(err, fmt.Errorf("unmount %s again: %w", staging, uerr))
-			}
+		if err := d.stageImage(ctx, nv, staging, m); err != nil {
 			return err
 		}
 	default:

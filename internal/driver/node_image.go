@@ -1,21 +1,30 @@
 package driver
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 	mount "k8s.io/mount-utils"
 	utilexec "k8s.io/utils/exec"
 
 	"github.com/cairn-csi/cairn/internal/backend"
+	"github.com/cairn-csi/cairn/internal/crashpoint"
 	"github.com/cairn-csi/cairn/internal/errdefs"
 	"github.com/cairn-csi/cairn/internal/fsfreeze"
+	"github.com/cairn-csi/cairn/internal/fsprobe"
+	"github.com/cairn-csi/cairn/internal/mountfd"
 	"github.com/cairn-csi/cairn/internal/store"
 )
 
@@ -189,21 +198,6 @@ func imageMountOptions(fsType string, flags []string) []string {
 	return opts
 }
 
-// growStaged grows the filesystem just mounted at staging when its image is
-// larger than it: a volume restored or cloned into a larger size, or
-// expanded by the controller while it was not staged. No CO calls
-// NodeExpandVolume for the first case, so stage time is the one place to
-// do it. A read-only mount is left as it is.
-func (d *Driver) growStaged(ctx context.Context, nv nodeVolume, dev, staging string, opts []string) error {
-	if hasOption(opts, "ro") {
-		return nil
-	}
-	if err := d.resizeFS(ctx, dev, staging); err != nil {
-		return fmt.Errorf("volume %s: its image is larger than its filesystem: %w", nv.id, err)
-	}
-	return nil
-}
-
 // detachDeletedImage detaches the loop devices still attached to the image
 // of volume id, which no longer exists: it was deleted while staged (for
 // block access, staging only attaches, so nothing looked in use). The
@@ -269,4 +263,378 @@ func imageFsMinimum(b backend.Backend, access backend.AccessType, fsType string)
 		return 0
 	}
 	return fsMinimumBytes[fsType]
+}
+
+// Logical block sizes pinned on image loop devices. Left to the kernel, a
+// direct-I/O loop device takes the backing file's direct-I/O alignment,
+// which becomes 4096 once an image on XFS shares extents with a snapshot;
+// a filesystem with 1 KiB blocks or 512-byte sectors made on an earlier
+// attach then cannot be mounted ("bad block size 1024", "device supports
+// 4096 byte sectors"). So the size is chosen, never inherited:
+//   - a volume cairn is about to format gets 4096, and mkfs is told to use
+//     4096-byte blocks (ext*) or sectors (xfs), so the two always agree
+//     and direct I/O stays possible on 4K-aligned pools;
+//   - an image that already holds a filesystem gets that filesystem's own
+//     sector size (ext block size, xfs sector size, btrfs sector size),
+//     read from its superblock before attaching: volumes formatted before
+//     this rule (1 KiB ext4 blocks) keep mounting, at the price of
+//     buffered I/O where the pool needs 4K-aligned direct I/O;
+//   - a block volume, or content no probe recognises, gets 512, on which
+//     every filesystem a workload may have made can be mounted.
+const (
+	newImageBlockSize  = 4096
+	safeImageBlockSize = 512
+)
+
+// imageBlockSize is the logical block size to pin when attaching the image
+// of nv for capability vc.
+func (d *Driver) imageBlockSize(ctx context.Context, nv nodeVolume, vc *csi.VolumeCapability) uint32 {
+	fsType := firstNonEmpty(vc.GetMount().GetFsType(), nv.fsType, "ext4")
+	if vc.GetMount() != nil {
+		if st, err := d.formatState(ctx, nv); err == nil && st == backend.FormatPending {
+			return mkfsBlockSize(fsType, nv.mkfs) // whatever it holds is wiped
+		}
+	}
+	info, err := fsprobe.Read(ctx, nv.src.Path)
+	switch {
+	case err == nil:
+		return clampBlockSize(info.SectorSize)
+	case vc.GetMount() != nil && errors.Is(err, fsprobe.ErrNoFilesystem):
+		return mkfsBlockSize(fsType, nv.mkfs)
+	}
+	return safeImageBlockSize
+}
+
+// clampBlockSize returns the largest loop block size (a power of two in
+// [512, 4096]) not above n.
+func clampBlockSize(n int64) uint32 {
+	bs := uint32(safeImageBlockSize)
+	for bs*2 <= newImageBlockSize && int64(bs*2) <= n {
+		bs *= 2
+	}
+	return bs
+}
+
+// mkfsBlockSize is the block size to pin for a device mkfs is about to
+// format with the StorageClass's options: 4096, or less where the options
+// ask for smaller ext blocks ("-b N") or xfs sectors ("-s size=N"), or for
+// xfs blocks ("-b size=N") that a 4096-byte sector would not fit in.
+func mkfsBlockSize(fsType string, opts []string) uint32 {
+	bs := int64(newImageBlockSize)
+	for i := 0; i+1 < len(opts); i++ {
+		var v string
+		switch {
+		case strings.HasPrefix(fsType, "ext") && opts[i] == "-b":
+			v = opts[i+1]
+		case fsType == "xfs" && (opts[i] == "-s" || opts[i] == "-b"):
+			for _, kv := range strings.Split(opts[i+1], ",") {
+				if s, ok := strings.CutPrefix(kv, "size="); ok {
+					v = s
+				}
+			}
+		}
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil && n > 0 {
+			bs = min(bs, n)
+		}
+	}
+	return clampBlockSize(bs)
+}
+
+// mkfsArgs are the arguments to mkfs.<fsType> for dev: force (the device
+// was wiped or is blank), no reserved blocks for ext, the block or sector
+// size pinned on the device unless the StorageClass's options choose one,
+// then those options.
+func mkfsArgs(fsType string, opts []string, dev string) []string {
+	var args []string
+	switch {
+	case strings.HasPrefix(fsType, "ext"):
+		args = []string{"-F", "-m0"}
+		if !slices.Contains(opts, "-b") {
+			args = append(args, "-b", strconv.Itoa(newImageBlockSize))
+		}
+	case fsType == "xfs":
+		args = []string{"-f"}
+		if !slices.Contains(opts, "-s") {
+			args = append(args, "-s", fmt.Sprintf("size=%d", mkfsBlockSize(fsType, opts)))
+		}
+	default:
+		args = []string{"-f"}
+	}
+	args = append(args, opts...)
+	return append(args, dev)
+}
+
+// formatState asks nv's pool what it recorded of nv's format; pools that
+// record nothing answer unknown.
+func (d *Driver) formatState(ctx context.Context, nv nodeVolume) (backend.FormatState, error) {
+	fr, ok := nv.b.(backend.FormatRecorder)
+	if !ok {
+		return backend.FormatUnknown, nil
+	}
+	st, err := fr.FormatState(ctx, nv.id)
+	if err != nil {
+		return backend.FormatUnknown, fmt.Errorf("volume %s: format state: %w", nv.id, err)
+	}
+	return st, nil
+}
+
+func (d *Driver) markFormatted(ctx context.Context, nv nodeVolume) error {
+	fr, ok := nv.b.(backend.FormatRecorder)
+	if !ok {
+		return nil
+	}
+	if err := fr.MarkFormatted(ctx, nv.id); err != nil {
+		return fmt.Errorf("volume %s: %w", nv.id, err)
+	}
+	return nil
+}
+
+// stageImage mounts the filesystem of image volume nv, whose loop device
+// is attached, at staging, formatting or growing it first where needed:
+//
+//   - format: only a volume whose pool records it as never formatted to
+//     completion (its leftovers, such as the half-written superblock of a
+//     killed mkfs, are wiped first), or one with no record (made before
+//     pools kept one) that is blank. A volume recorded as formatted is
+//     never formatted again, whatever a probe says. "Formatted" is recorded
+//     only after mkfs has finished and the device is synced.
+//   - grow: when the superblock says the device is larger than the
+//     filesystem by more than growSlack (a restore or clone into a larger
+//     size, an expansion while unstaged). ext* grows before mounting,
+//     offline, which needs no CAP_SYS_RESOURCE; xfs and btrfs can only
+//     grow mounted, after the mount. An unchanged volume runs no tool.
+func (d *Driver) stageImage(ctx context.Context, nv nodeVolume, staging string, m *csi.VolumeCapability_MountVolume) error {
+	devs, err := d.cfg.Loop.Find(ctx, nv.src.Path)
+	if err != nil || len(devs) == 0 {
+		return fmt.Errorf("loop device for %s vanished: %v: %w", nv.src.Path, err, errdefs.ErrAborted)
+	}
+	dev := devs[0]
+	fsType := firstNonEmpty(m.GetFsType(), nv.fsType, "ext4")
+	if err := checkFsType("volume_capability.mount.fs_type", fsType); err != nil {
+		return err
+	}
+	// Mount flags pass the allow-list: per-mount flags, and the
+	// filesystem's own options that name no device or path.
+	attrs, fsOpts, err := mountfd.ParseOptions(fsType, m.GetMountFlags())
+	if err != nil {
+		return fmt.Errorf("volume_capability.mount.mount_flags: %w", err)
+	}
+	fsOpts = imageMountOptions(fsType, fsOpts)
+	readOnly := attrs.ReadOnly
+	state, err := d.formatState(ctx, nv)
+	if err != nil {
+		return err
+	}
+	info, probeErr := fsprobe.Read(ctx, dev)
+	if probeErr != nil && !errors.Is(probeErr, fsprobe.ErrNoFilesystem) {
+		return fmt.Errorf("volume %s: %w", nv.id, probeErr)
+	}
+	format := false
+	switch state {
+	case backend.FormatDone:
+	case backend.FormatPending:
+		if probeErr == nil {
+			d.log.Warn("volume was never formatted to completion: wiping what an interrupted mkfs left", "volume", nv.id, "found", info.Type)
+		}
+		format = true
+	default:
+		// No record: a volume from before records were kept, so a
+		// filesystem found is trusted as it always was, and only a device
+		// blank to blkid as well (it knows more than ext, xfs and btrfs)
+		// is formatted.
+		if probeErr != nil {
+			existing, err := d.mounter.GetDiskFormat(dev)
+			if err != nil {
+				return fmt.Errorf("volume %s: probe %s: %w", nv.id, dev, err)
+			}
+			format = existing == ""
+		}
+	}
+	if format {
+		if readOnly {
+			return fmt.Errorf("volume %s has no filesystem yet and cannot be formatted for a read-only stage: %w", nv.id, errdefs.ErrFailedPrecondition)
+		}
+		if err := d.formatImage(ctx, nv, dev, fsType, state == backend.FormatPending); err != nil {
+			return err
+		}
+	}
+	grow := false
+	if !format && probeErr == nil && !readOnly {
+		size, err := deviceSize(dev)
+		if err != nil {
+			return fmt.Errorf("volume %s: %w", nv.id, err)
+		}
+		grow = needsGrow(info, size)
+	}
+	if grow && strings.HasPrefix(info.Type, "ext") {
+		if err := d.growExtOffline(ctx, nv, dev); err != nil {
+			return err
+		}
+		grow = false
+	}
+	// Mounted onto the staging directory as it was opened, without
+	// following a symlink: the path cannot be swapped under the mount.
+	sh, err := mountfd.Open(staging)
+	if err != nil {
+		return fmt.Errorf("staging_target_path: %w", err)
+	}
+	err = mountfd.MountFS(dev, sh, fsType, attrs, fsOpts)
+	sh.Close()
+	if err != nil {
+		return err
+	}
+	if grow {
+		if err := d.growOnline(ctx, nv, info.Type, staging); err != nil {
+			if uerr := mountfd.Unmount(staging); uerr != nil {
+				err = errors.Join(err, fmt.Errorf("unmount %s again: %w", staging, uerr))
+			}
+			return err
+		}
+	}
+	if state == backend.FormatUnknown && !format {
+		// A volume from before records were kept whose filesystem mounts:
+		// record it, so that it is never taken for unformatted. A failure
+		// only keeps the old behaviour.
+		if err := d.markFormatted(ctx, nv); err != nil {
+			d.log.Warn("cannot record that an existing volume is formatted", "volume", nv.id, "err", err)
+		}
+	}
+	return nil
+}
+
+// growSlack is how much larger than its filesystem a device must be for a
+// stage to grow the filesystem. It is below the pools' size granularity (1
+// MiB), so every expansion counts, and above the tails the grow tools
+// leave unused (a few blocks, a too-small last xfs AG), so that a volume
+// they cannot grow further is not "grown" again at every stage.
+const growSlack = 1<<20 - 1
+
+// needsGrow reports whether the filesystem info describes would grow on a
+// device of devSize bytes by more than growSlack.
+func needsGrow(info fsprobe.Info, devSize int64) bool {
+	return info.GrowTarget(devSize)-info.Size > growSlack
+}
+
+// deviceSize returns the size of block device dev in bytes.
+func deviceSize(dev string) (int64, error) {
+	f, err := os.Open(dev)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	n, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return 0, fmt.Errorf("size of %s: %w", dev, err)
+	}
+	return n, nil
+}
+
+// wipeBytes is how much of each end of a device formatImage zeroes before
+// formatting again: every superblock and signature mkfs or blkid looks at
+// near the start (btrfs's primary is at 64 KiB) or the end.
+const wipeBytes = 1 << 20
+
+// formatImage makes a fsType filesystem on dev, after wiping its ends when
+// wipe is set, syncs it, and only then records the volume as formatted.
+func (d *Driver) formatImage(ctx context.Context, nv nodeVolume, dev, fsType string, wipe bool) error {
+	if wipe {
+		if err := wipeEnds(dev); err != nil {
+			return fmt.Errorf("volume %s: %w", nv.id, err)
+		}
+	}
+	d.log.Info("formatting volume", "volume", nv.id, "device", dev, "fsType", fsType)
+	if out, err := runTool(ctx, "mkfs."+fsType, mkfsArgs(fsType, nv.mkfs, dev)...); err != nil {
+		return fmt.Errorf("volume %s: mkfs.%s %s: %w: %s", nv.id, fsType, dev, err, out)
+	}
+	if err := syncDevice(dev); err != nil {
+		return fmt.Errorf("volume %s: %w", nv.id, err)
+	}
+	crashpoint.Hit("stage:formatted")
+	return d.markFormatted(ctx, nv)
+}
+
+// wipeEnds zeroes the first and last wipeBytes of dev and syncs them.
+// O_EXCL fails if anything has the device mounted: the wipe never races a
+// mount.
+func wipeEnds(dev string) error {
+	f, err := os.OpenFile(dev, os.O_WRONLY|unix.O_EXCL, 0)
+	if err != nil {
+		return fmt.Errorf("wipe %s: %w", dev, err)
+	}
+	defer f.Close()
+	size, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return fmt.Errorf("wipe %s: %w", dev, err)
+	}
+	zero := make([]byte, min(wipeBytes, size))
+	for _, off := range []int64{0, max(0, size-wipeBytes)} {
+		if _, err := f.WriteAt(zero, off); err != nil {
+			return fmt.Errorf("wipe %s at %d: %w", dev, off, err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("wipe %s: fsync: %w", dev, err)
+	}
+	return f.Close()
+}
+
+// syncDevice flushes dev; on a loop device that syncs the image file.
+func syncDevice(dev string) error {
+	f, err := os.OpenFile(dev, os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", dev, err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", dev, err)
+	}
+	return f.Close()
+}
+
+// growExtOffline grows the unmounted ext filesystem on dev to fill it:
+// resize2fs refuses a filesystem not freshly checked, so e2fsck -f -p
+// first. Offline growth needs no CAP_SYS_RESOURCE, unlike online growth.
+func (d *Driver) growExtOffline(ctx context.Context, nv nodeVolume, dev string) error {
+	out, err := runTool(ctx, "e2fsck", "-f", "-p", dev)
+	var ee *exec.ExitError
+	// Exit 1 and 2: errors were corrected; 4 and up: they were not.
+	if errors.As(err, &ee) && ee.ExitCode() < 4 {
+		err = nil
+	}
+	if err != nil {
+		return fmt.Errorf("volume %s: e2fsck before growing: %w: %s", nv.id, err, out)
+	}
+	if out, err := runTool(ctx, "resize2fs", dev); err != nil {
+		return fmt.Errorf("volume %s: resize2fs %s: %w: %s", nv.id, dev, err, out)
+	}
+	d.log.Info("filesystem grown", "volume", nv.id, "device", dev, "tool", "resize2fs", "online", false)
+	return nil
+}
+
+// growOnline grows the filesystem of type fsType mounted at mp to fill its
+// device.
+func (d *Driver) growOnline(ctx context.Context, nv nodeVolume, fsType, mp string) error {
+	var tool []string
+	switch fsType {
+	case "xfs":
+		tool = []string{"xfs_growfs", "-d", mp}
+	case "btrfs":
+		tool = []string{"btrfs", "filesystem", "resize", "max", mp}
+	default:
+		return fmt.Errorf("volume %s: cannot grow %s online: %w", nv.id, fsType, errdefs.ErrFailedPrecondition)
+	}
+	if out, err := runTool(ctx, tool[0], tool[1:]...); err != nil {
+		return fmt.Errorf("volume %s: its image is larger than its filesystem: %s: %w: %s", nv.id, strings.Join(tool, " "), err, out)
+	}
+	d.log.Info("filesystem grown", "volume", nv.id, "mount", mp, "tool", tool[0], "online", true)
+	return nil
+}
+
+// runTool runs a filesystem tool with messages in English (they end up in
+// errors) and returns its combined output.
+func runTool(ctx context.Context, name string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = append(os.Environ(), "LC_ALL=C")
+	out, err := cmd.CombinedOutput()
+	return bytes.TrimSpace(out), err
 }

@@ -47,6 +47,13 @@ type Options struct {
 	// the process exits. Detach of a device still held that way fails
 	// with EBUSY.
 	AutoClear bool
+	// BlockSize pins the device's logical block size (512, 1024, 2048 or
+	// 4096; 0 leaves it to the kernel). Pin it: left to the kernel, a
+	// direct-I/O device takes the backing file's direct-I/O alignment,
+	// which changes when an XFS or btrfs file gets shared extents (a
+	// reflink snapshot), and a filesystem made with smaller blocks or
+	// sectors than the device's logical block size cannot be mounted.
+	BlockSize uint32
 }
 
 // Device is an attached loop device.
@@ -59,6 +66,7 @@ type Device struct {
 	DirectIO    bool // direct I/O is in effect
 	ReadOnly    bool
 	AutoClear   bool
+	BlockSize   uint32 // logical block size in bytes, as the kernel reports it
 	// Deleted reports that the backing file has been unlinked since it was
 	// attached: the device still reads and writes the old inode.
 	Deleted bool
@@ -172,19 +180,22 @@ func configure(n, bfd int, name string, opts Options) (Device, error) {
 		flags |= unix.LO_FLAGS_DIRECT_IO
 	}
 
-	err = loopConfigure(lfd, bfd, name, flags)
+	if bs := opts.BlockSize; bs != 0 && (bs < 512 || bs > 4096 || bs&(bs-1) != 0) {
+		return Device{}, fmt.Errorf("%s: block size %d is not 512, 1024, 2048 or 4096: %w", path, bs, errdefs.ErrInvalidArgument)
+	}
+	err = loopConfigure(lfd, bfd, name, flags, opts.BlockSize)
 	if errors.Is(err, unix.EINVAL) && flags&unix.LO_FLAGS_DIRECT_IO != 0 {
 		// The kernel refuses direct I/O when the backing file's filesystem
 		// or alignment cannot do it; a cached device is still useful.
 		flags &^= unix.LO_FLAGS_DIRECT_IO
-		err = loopConfigure(lfd, bfd, name, flags)
+		err = loopConfigure(lfd, bfd, name, flags, opts.BlockSize)
 	}
 	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOTTY) {
 		// Kernels before 5.8 have no LOOP_CONFIGURE.
 		if opts.DirectIO {
 			flags |= unix.LO_FLAGS_DIRECT_IO
 		}
-		err = legacyConfigure(lfd, bfd, name, flags)
+		err = legacyConfigure(lfd, bfd, name, flags, opts.BlockSize)
 	}
 	if err != nil {
 		return Device{}, fmt.Errorf("%s: %w", path, err)
@@ -205,6 +216,9 @@ func configure(n, bfd int, name string, opts Options) (Device, error) {
 		ReadOnly:    info.Flags&unix.LO_FLAGS_READ_ONLY != 0,
 		AutoClear:   info.Flags&unix.LO_FLAGS_AUTOCLEAR != 0,
 	}
+	if bs, err := unix.IoctlGetInt(lfd, unix.BLKSSZGET); err == nil {
+		dev.BlockSize = uint32(bs)
+	}
 	// Report the path as List and FindByBackingFile will, symlinks resolved.
 	if bf, deleted, ok, err := readBackingFile(sysBlockDir(n)); err == nil && ok {
 		dev.BackingFile, dev.Deleted = bf, deleted
@@ -217,8 +231,8 @@ func configure(n, bfd int, name string, opts Options) (Device, error) {
 	return dev, nil
 }
 
-func loopConfigure(lfd, bfd int, name string, flags uint32) error {
-	cfg := unix.LoopConfig{Fd: uint32(bfd)}
+func loopConfigure(lfd, bfd int, name string, flags, blockSize uint32) error {
+	cfg := unix.LoopConfig{Fd: uint32(bfd), Size: blockSize}
 	cfg.Info.Flags = flags
 	setFileName(&cfg.Info, name)
 	if err := unix.IoctlLoopConfigure(lfd, &cfg); err != nil {
@@ -229,7 +243,7 @@ func loopConfigure(lfd, bfd int, name string, flags uint32) error {
 
 // legacyConfigure does what LOOP_CONFIGURE does in three steps, for old
 // kernels. Read-only follows from bfd's open mode there.
-func legacyConfigure(lfd, bfd int, name string, flags uint32) error {
+func legacyConfigure(lfd, bfd int, name string, flags, blockSize uint32) error {
 	if err := unix.IoctlSetInt(lfd, unix.LOOP_SET_FD, bfd); err != nil {
 		return fmt.Errorf("LOOP_SET_FD: %w", err)
 	}
@@ -238,6 +252,12 @@ func legacyConfigure(lfd, bfd int, name string, flags uint32) error {
 	if err := unix.IoctlLoopSetStatus64(lfd, &info); err != nil {
 		_ = unix.IoctlSetInt(lfd, unix.LOOP_CLR_FD, 0)
 		return fmt.Errorf("LOOP_SET_STATUS64: %w", err)
+	}
+	if blockSize != 0 {
+		if err := unix.IoctlSetInt(lfd, unix.LOOP_SET_BLOCK_SIZE, int(blockSize)); err != nil {
+			_ = unix.IoctlSetInt(lfd, unix.LOOP_CLR_FD, 0)
+			return fmt.Errorf("LOOP_SET_BLOCK_SIZE %d: %w", blockSize, err)
+		}
 	}
 	if flags&unix.LO_FLAGS_DIRECT_IO != 0 {
 		// EINVAL: direct I/O is impossible for this file; stay cached.

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -491,4 +492,41 @@ func TestAttachConcurrent(t *testing.T) {
 			t.Errorf("%s backs %q; want %q", d.Path, got, files[i])
 		}
 	}
+}
+
+// TestAttachBlockSize closes the hole of issue 10 item 5: a device's
+// logical block size was left to the kernel, which with direct I/O takes
+// the backing file's alignment (4096 once an XFS file is reflinked), so a
+// filesystem made on one attach could not be mounted on the next. The
+// pinned size must be what the kernel uses, with or without direct I/O.
+func TestAttachBlockSize(t *testing.T) {
+	requireRoot(t)
+	for _, tc := range []struct {
+		bs  uint32
+		dio bool
+	}{
+		{512, false}, {1024, false}, {4096, false},
+		{512, true}, {1024, true}, {4096, true},
+	} {
+		t.Run(fmt.Sprintf("%d/dio=%v", tc.bs, tc.dio), func(t *testing.T) {
+			d := attach(t, sparseFile(t, 8<<20), Options{BlockSize: tc.bs, DirectIO: tc.dio})
+			raw, err := os.ReadFile(filepath.Join(sysBlockDir(d.Number), "queue", "logical_block_size"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.TrimSpace(string(raw)); got != fmt.Sprint(tc.bs) || d.BlockSize != tc.bs {
+				t.Errorf("logical block size: sysfs %s, Device.BlockSize %d; want %d", got, d.BlockSize, tc.bs)
+			}
+			if found, err := FindByBackingFile(context.Background(), d.BackingFile); err != nil || len(found) != 1 || found[0].BlockSize != tc.bs {
+				t.Errorf("FindByBackingFile = %+v, %v; want one device with block size %d", found, err, tc.bs)
+			}
+			writeDevice(t, d.Path, nil)
+		})
+	}
+	t.Run("invalid", func(t *testing.T) {
+		_, err := Attach(context.Background(), sparseFile(t, 8<<20), Options{BlockSize: 3000})
+		if !errdefs.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("Attach with block size 3000: %v; want invalid argument", err)
+		}
+	})
 }

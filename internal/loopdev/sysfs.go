@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -130,6 +131,13 @@ func readDevice(n int) (d Device, ok bool, err error) {
 			return Device{}, false, err
 		}
 		*f.dst = v
+	}
+	// Missing or unreadable: the device is going away; the size is then
+	// of no use to anyone, so 0 is reported rather than an error.
+	if b, err := os.ReadFile(filepath.Join(dir, "queue", "logical_block_size")); err == nil {
+		if bs, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32); err == nil {
+			d.BlockSize = uint32(bs)
+		}
 	}
 	return d, true, nil
 }

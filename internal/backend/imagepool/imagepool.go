@@ -60,6 +60,7 @@ var (
 	_ backend.ContentCreator  = (*Pool)(nil)
 	_ backend.Expander        = (*Pool)(nil)
 	_ backend.ImageFiles      = (*Pool)(nil)
+	_ backend.FormatRecorder  = (*Pool)(nil)
 )
 
 // New opens the image pool at root, creating its layout if needed. log may
@@ -181,8 +182,14 @@ func (p *Pool) CreateVolume(ctx context.Context, id string, spec backend.Spec, c
 	if err != nil {
 		return backend.Volume{}, fmt.Errorf("create volume %s: %w", id, err)
 	}
+	// Only the node formats mount volumes; a block volume's content is the
+	// workload's, so it carries no format state and is never wiped.
+	state := backend.FormatUnknown
+	if spec.AccessType == backend.AccessMount {
+		state = backend.FormatPending
+	}
 	return p.create(ctx, id, spec, size, func(ctx context.Context, tmp string) error {
-		return makeImage(tmp, size)
+		return p.makeImage(tmp, size, state)
 	}, commit)
 }
 
@@ -211,8 +218,9 @@ func (p *Pool) create(ctx context.Context, id string, spec backend.Spec, size in
 	return v, nil
 }
 
-// makeImage creates a sparse image of size bytes at path, synced.
-func makeImage(path string, size int64) error {
+// makeImage creates a sparse image of size bytes at path with format
+// state, synced.
+func (p *Pool) makeImage(path string, size int64, state backend.FormatState) error {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, volumeMode)
 	if err != nil {
 		return err
@@ -220,6 +228,13 @@ func makeImage(path string, size int64) error {
 	if err := f.Truncate(size); err != nil {
 		f.Close()
 		return fmt.Errorf("size image %s: %w", path, err)
+	}
+	if state != backend.FormatUnknown {
+		if err := setFormatState(int(f.Fd()), state); err != nil {
+			// The volume still works: its first stage formats it, but a
+			// kill during that mkfs cannot be told from a filesystem.
+			p.log.Warn("image pool: cannot record the format state; an interrupted first format will need repair by hand", "path", path, "err", err)
+		}
 	}
 	if err := f.Sync(); err != nil {
 		f.Close()
@@ -363,6 +378,9 @@ func (p *Pool) CreateSnapshot(ctx context.Context, snapID, volID string, commit 
 		}
 		p.log.Debug("image pool: snapshot copied", "snapshot", snapID, "volume", volID, "method", m.String())
 		recordSource(tmp, volID)
+		if err := copyFormatState(p.volumes.Entry(volID), tmp); err != nil {
+			return err
+		}
 		if err := os.Chtimes(tmp, s.CreatedAt, s.CreatedAt); err != nil {
 			return err
 		}
@@ -452,6 +470,11 @@ func (p *Pool) CreateVolumeFrom(ctx context.Context, id string, spec backend.Spe
 			return err
 		}
 		p.log.Debug("image pool: volume copied", "volume", id, "from", from, "method", m.String())
+		// A copy of a formatted image is formatted, and a copy of one never
+		// formatted is not: the state is the source's.
+		if err := copyFormatState(from, tmp); err != nil {
+			return err
+		}
 		return finishImage(tmp, volumeMode, size)
 	}, commit)
 }
@@ -484,4 +507,100 @@ func (p *Pool) VolumeForImage(path string) (string, bool) {
 		return "", false
 	}
 	return name, true
+}
+
+// formatXattrs hold a volume's format state on its image, so that it is
+// renamed, copied (explicitly: reflinks and copies take only data) and
+// unlinked with the image itself, needs no entry of its own that reconcile
+// would have to know, and cannot outlive or predate the image. trusted.*
+// needs root; user.* is the fallback for unprivileged runs.
+var formatXattrs = []string{"trusted.cairn.format", "user.cairn.format"}
+
+var formatValues = map[backend.FormatState]string{backend.FormatPending: "pending", backend.FormatDone: "done"}
+
+// setFormatState records state on the open image fd; the caller syncs.
+func setFormatState(fd int, state backend.FormatState) error {
+	var errs []error
+	for _, name := range formatXattrs {
+		err := unix.Fsetxattr(fd, name, []byte(formatValues[state]), 0)
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", name, err))
+	}
+	return errors.Join(errs...)
+}
+
+// readFormatState returns the state recorded on the image at path;
+// FormatUnknown when none is.
+func readFormatState(path string) (backend.FormatState, error) {
+	buf := make([]byte, 16)
+	for _, name := range formatXattrs {
+		n, err := unix.Getxattr(path, name, buf)
+		switch {
+		case err == nil:
+			for st, v := range formatValues {
+				if string(buf[:n]) == v {
+					return st, nil
+				}
+			}
+			return backend.FormatUnknown, fmt.Errorf("%s on %s holds %q: %w", name, path, buf[:n], errdefs.ErrFailedPrecondition)
+		case errors.Is(err, unix.ENODATA), errors.Is(err, unix.ENOTSUP), errors.Is(err, unix.EPERM), errors.Is(err, unix.ERANGE):
+			continue
+		default:
+			return backend.FormatUnknown, fmt.Errorf("read %s of %s: %w", name, path, err)
+		}
+	}
+	return backend.FormatUnknown, nil
+}
+
+// copyFormatState gives the image at to the format state of from.
+func copyFormatState(from, to string) error {
+	st, err := readFormatState(from)
+	if err != nil || st == backend.FormatUnknown {
+		return err
+	}
+	f, err := os.OpenFile(to, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := setFormatState(int(f.Fd()), st); err != nil {
+		return fmt.Errorf("copy format state to %s: %w", to, err)
+	}
+	return nil // the caller syncs the copy
+}
+
+// FormatState implements backend.FormatRecorder.
+func (p *Pool) FormatState(ctx context.Context, id string) (backend.FormatState, error) {
+	src, err := p.Source(ctx, id)
+	if err != nil {
+		return backend.FormatUnknown, err
+	}
+	return readFormatState(src.Path)
+}
+
+// MarkFormatted implements backend.FormatRecorder. The record is synced
+// before it returns: "done" must never be lost once the workload may have
+// written, or the next stage would wipe its data.
+func (p *Pool) MarkFormatted(ctx context.Context, id string) error {
+	src, err := p.Source(ctx, id)
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(src.Path, os.O_RDONLY, 0)
+	if err != nil {
+		return fmt.Errorf("volume %s: %w", id, err)
+	}
+	defer f.Close()
+	if err := setFormatState(int(f.Fd()), backend.FormatDone); err != nil {
+		if st, _ := readFormatState(src.Path); st == backend.FormatUnknown {
+			return nil // nothing was ever recorded here; nothing to update
+		}
+		return fmt.Errorf("volume %s: record formatted: %w", id, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("volume %s: record formatted: fsync: %w", id, err)
+	}
+	return nil
 }

@@ -490,3 +490,79 @@ func fiemap(t testing.TB, path string) []extent {
 		}
 	}
 }
+
+// TestFormatState closes the pool's part of issue 10 item 6: a kill during
+// the first mkfs left a half-written superblock that was taken for a
+// filesystem forever. The pool records "pending" on every new mount
+// volume, "done" only when the node says so, copies the state to
+// snapshots, restores and clones, and loses it with the image; reconcile
+// must not take the record for an orphan.
+func TestFormatState(t *testing.T) {
+	testfs.RequireRoot(t) // trusted.* xattrs
+	for _, fs := range filesystems {
+		t.Run(fs.fstype, func(t *testing.T) {
+			ctx := context.Background()
+			root := filepath.Join(testfs.New(t, fs.fstype, 512*mib, fs.mkfsArgs...), "pool")
+			p := newPool(t, root)
+			want := func(id string, st backend.FormatState) {
+				t.Helper()
+				got, err := p.FormatState(ctx, id)
+				if err != nil || got != st {
+					t.Errorf("FormatState(%s) = %v, %v; want %v", id, got, err, st)
+				}
+			}
+			mountSpec := backend.Spec{CapacityBytes: 8 * mib, AccessType: backend.AccessMount}
+			for _, id := range []string{"vol-a", "vol-b"} {
+				if _, err := p.CreateVolume(ctx, id, mountSpec, commitOK); err != nil {
+					t.Fatal(err)
+				}
+				want(id, backend.FormatPending)
+			}
+			if _, err := p.CreateVolume(ctx, "vol-block", backend.Spec{CapacityBytes: 8 * mib, AccessType: backend.AccessBlock}, commitOK); err != nil {
+				t.Fatal(err)
+			}
+			want("vol-block", backend.FormatUnknown) // the workload's bytes: never wiped
+			if err := p.MarkFormatted(ctx, "vol-a"); err != nil {
+				t.Fatal(err)
+			}
+			want("vol-a", backend.FormatDone)
+			want("vol-b", backend.FormatPending)
+
+			for _, src := range []string{"vol-a", "vol-b"} {
+				snap := "snap-" + src
+				if _, err := p.CreateSnapshot(ctx, snap, src, func(backend.Snapshot) error { return nil }); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := p.CreateVolumeFrom(ctx, "restore-"+src, mountSpec, backend.ContentSource{SnapshotID: snap}, commitOK); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := p.CreateVolumeFrom(ctx, "clone-"+src, mountSpec, backend.ContentSource{VolumeID: src}, commitOK); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want("restore-vol-a", backend.FormatDone)
+			want("clone-vol-a", backend.FormatDone)
+			want("restore-vol-b", backend.FormatPending)
+			want("clone-vol-b", backend.FormatPending)
+
+			// Delete and re-create under the same ID: a fresh, unformatted image.
+			if err := p.DeleteVolume(ctx, "vol-a", func() error { return nil }); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := p.CreateVolume(ctx, "vol-a", mountSpec, commitOK); err != nil {
+				t.Fatal(err)
+			}
+			want("vol-a", backend.FormatPending)
+
+			known := map[string]bool{}
+			for _, id := range []string{"vol-a", "vol-b", "vol-block", "restore-vol-a", "clone-vol-a", "restore-vol-b", "clone-vol-b"} {
+				known[id] = true
+			}
+			rep, err := p.Reconcile(ctx, backend.Inventory{Volumes: known, Snapshots: map[string]bool{"snap-vol-a": true, "snap-vol-b": true}})
+			if err != nil || len(rep.Removed)+len(rep.Missing)+len(rep.Errors) != 0 {
+				t.Errorf("Reconcile = %+v, %v; want nothing to do", rep, err)
+			}
+			want("clone-vol-a", backend.FormatDone)
+		})
+	}
+}
