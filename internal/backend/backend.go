@@ -113,6 +113,9 @@ type Encrypter interface {
 	// CanEncrypt reports why the pool cannot encrypt now (its filesystem
 	// lacks the feature, the node lacks the kernel support), or nil.
 	CanEncrypt(ctx context.Context) error
+	// EncryptionMechanism names how: "fscrypt" or "luks2". The driver
+	// derives each mechanism's keys its own way.
+	EncryptionMechanism() string
 }
 
 // EncryptedSnapshotter is implemented by Encrypters that can snapshot an

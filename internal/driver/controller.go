@@ -301,7 +301,7 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest,
 	if err := d.store.View(ctx, func(tx *store.Tx) (err error) { id, err = tx.NewID(store.VolumePrefix); return }); err != nil {
 		return nil, err
 	}
-	enc, keyID, unlockEnc, err := d.encryptionFor(ctx, params.encrypt, secret, id, src)
+	enc, keyID, unlockEnc, err := d.encryptionFor(ctx, pool, params.encrypt, secret, id, src)
 	if err != nil {
 		return nil, err
 	}
@@ -313,7 +313,7 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest,
 		Ephemeral: ephemeral, CreatedAt: time.Now().UTC(), KeyID: keyID,
 	}
 	if enc != nil {
-		rec.Encryption = encryptionFscrypt
+		rec.Encryption = pool.(backend.Encrypter).EncryptionMechanism()
 	}
 	spec := backend.Spec{CapacityBytes: want, LimitBytes: limit, AccessType: access, Encryption: enc}
 	commit := func(v backend.Volume) error {
@@ -527,6 +527,9 @@ func (d *Driver) detachForDelete(ctx context.Context, id string, src backend.Sou
 	devs, err := d.cfg.Loop.Find(ctx, src.Path)
 	if err != nil {
 		return err
+	}
+	if err := closeLUKS(ctx, id); err != nil {
+		return fmt.Errorf("%w: %w", err, errdefs.ErrFailedPrecondition)
 	}
 	for _, dev := range devs {
 		err := d.cfg.Loop.Detach(ctx, dev)

@@ -26,6 +26,7 @@ const (
 	ctxKeyID      = "cairn.csi.dev/keyID"
 
 	encryptionFscrypt = "fscrypt"
+	encryptionLUKS    = "luks2"
 
 	// minPassphraseBytes refuses passphrases too short to be a key: the
 	// key derivation does not stretch, so the secret must carry the
@@ -91,7 +92,7 @@ func asPrecondition(err error) error {
 // made from encrypted content. The returned unlock releases the lock on a
 // snapshot's source volume, held so that no stage or unstage of it loads or
 // drops its key while the restore copies.
-func (d *Driver) encryptionFor(ctx context.Context, encrypt bool, secret []byte, id string, src backend.ContentSource) (*backend.Encryption, string, func(), error) {
+func (d *Driver) encryptionFor(ctx context.Context, pool backend.Backend, encrypt bool, secret []byte, id string, src backend.ContentSource) (*backend.Encryption, string, func(), error) {
 	none := func() {}
 	srcEncrypted, srcVolID, err := d.sourceEncryption(ctx, src)
 	if err != nil {
@@ -102,6 +103,21 @@ func (d *Driver) encryptionFor(ctx context.Context, encrypt bool, secret []byte,
 	}
 	if !encrypt {
 		return nil, "", none, nil
+	}
+	e, _ := pool.(backend.Encrypter) // checkCanEncrypt made sure
+	if e.EncryptionMechanism() == encryptionLUKS {
+		// LUKS recognises its key by the header's key slots: nothing to
+		// record, and the source's key only opens the copy to rekey it.
+		enc := &backend.Encryption{}
+		if enc.Key, err = LUKSKey(secret, id); err != nil {
+			return nil, "", none, err
+		}
+		if srcEncrypted {
+			if enc.SourceKey, err = LUKSKey(secret, srcVolID); err != nil {
+				return nil, "", none, err
+			}
+		}
+		return enc, "", none, nil
 	}
 	key, kid, err := volumeKey(secret, id)
 	if err != nil {
@@ -147,8 +163,8 @@ func (d *Driver) sourceEncryption(ctx context.Context, src backend.ContentSource
 // derived from the request's secret when there is one (checked against the
 // volume), else nil, and the volume's key must then be loaded (staged).
 func snapshotKey(v store.Volume, secrets map[string]string) ([]byte, error) {
-	if _, ok := secrets[SecretEncryptionPassphrase]; !ok {
-		return nil, nil
+	if _, ok := secrets[SecretEncryptionPassphrase]; !ok || v.Encryption == encryptionLUKS {
+		return nil, nil // a LUKS image is copied as ciphertext
 	}
 	secret, err := passphrase(secrets)
 	if err != nil {

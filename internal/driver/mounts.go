@@ -79,7 +79,8 @@ func (d *Driver) identityOf(ctx context.Context, src backend.Source) (mountIdent
 			if err != nil {
 				continue
 			}
-			id.rdevs = append(id.rdevs, st.Rdev)
+			// A LUKS mapping stacked on the device is the volume too.
+			id.rdevs = append(append(id.rdevs, st.Rdev), holderDevs(dev)...)
 		}
 		return id, nil
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/cairn-csi/cairn/internal/backend"
 	"github.com/cairn-csi/cairn/internal/errdefs"
+	"github.com/cairn-csi/cairn/internal/luks"
 	"github.com/cairn-csi/cairn/internal/mkfsopts"
 	"github.com/cairn-csi/cairn/internal/mountfd"
 	"github.com/cairn-csi/cairn/internal/store"
@@ -179,6 +180,25 @@ func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 				}
 			}()
 		}
+		if isLUKS, err := isLUKSVolume(nv); err != nil {
+			return err
+		} else if isLUKS {
+			dev, err := d.cfg.Loop.Find(ctx, nv.src.Path)
+			if err != nil || len(dev) == 0 {
+				return fmt.Errorf("loop device for %s vanished: %v: %w", nv.src.Path, err, errdefs.ErrAborted)
+			}
+			if _, err := d.openLUKS(ctx, nv, dev[0], req.GetSecrets()); err != nil {
+				return err
+			}
+			// Closed again if the stage fails, before the deferred detach.
+			defer func() {
+				if retErr != nil {
+					if err := closeLUKS(context.WithoutCancel(ctx), nv.id); err != nil {
+						d.log.Error("close after a failed stage", "volume", nv.id, "err", err)
+					}
+				}
+			}()
+		}
 		if nv.block(req.GetVolumeCapability()) {
 			return nil // publish bind-mounts the device itself
 		}
@@ -303,6 +323,9 @@ func (d *Driver) detachUnused(ctx context.Context, nv nodeVolume) error {
 	if len(mps) > 0 {
 		return fmt.Errorf("volume %s is still mounted at %v; unpublish it first: %w", nv.id, mps, errdefs.ErrFailedPrecondition)
 	}
+	if err := closeLUKS(ctx, nv.id); err != nil {
+		return err
+	}
 	devs, err := d.cfg.Loop.Find(ctx, nv.src.Path)
 	if err != nil {
 		return err
@@ -402,14 +425,9 @@ func (d *Driver) nodePublish(ctx context.Context, req *csi.NodePublishVolumeRequ
 	// What to bind: the staged filesystem, or the loop device itself.
 	bindSource := staging
 	if nv.block(cap) {
-		devs, err := d.cfg.Loop.Find(ctx, nv.src.Path)
-		if err != nil {
+		if bindSource, err = d.volumeDevice(ctx, nv); err != nil {
 			return err
 		}
-		if len(devs) == 0 {
-			return fmt.Errorf("volume %s is not staged (no loop device): %w", nv.id, errdefs.ErrFailedPrecondition)
-		}
-		bindSource = devs[0]
 	} else if st, err := d.inspect(staging, id); err != nil {
 		return err
 	} else if !st.mounted || !st.ours {
@@ -626,7 +644,11 @@ func (d *Driver) usageAt(ctx context.Context, nv nodeVolume, path string) (backe
 			if err != nil {
 				return backend.Usage{}, err
 			}
-			return backend.Usage{TotalBytes: img.Size()}, nil
+			size := img.Size()
+			if isLUKS, _ := isLUKSVolume(nv); isLUKS {
+				size -= luks.HeaderBytes
+			}
+			return backend.Usage{TotalBytes: size}, nil
 		}
 		// The workload sees the filesystem inside the image; the pool's
 		// Usage describes the image file (its allocated blocks).
@@ -742,6 +764,15 @@ func (d *Driver) growImageOnNode(ctx context.Context, nv nodeVolume, path string
 	if len(devs) == 0 {
 		return nil // not attached: the next stage sees the new size
 	}
+	dev, err := d.volumeDevice(ctx, nv)
+	if err != nil {
+		return err
+	}
+	if dev != devs[0] { // an open LUKS mapping: it must fill the grown device
+		if err := luks.Resize(ctx, luks.MappingName(nv.id)); err != nil {
+			return fmt.Errorf("volume %s: %w", nv.id, err)
+		}
+	}
 	if nv.rec != nil && nv.rec.AccessType == backend.AccessBlock.String() {
 		return nil
 	}
@@ -756,7 +787,7 @@ func (d *Driver) growImageOnNode(ctx context.Context, nv nodeVolume, path string
 	if fi, err := os.Stat(path); err != nil || !fi.IsDir() || !st.mounted || !st.ours {
 		return nil
 	}
-	return d.resizeFS(ctx, devs[0], path)
+	return d.resizeFS(ctx, dev, path)
 }
 
 // NodeGetCapabilities implements csi.NodeServer.

@@ -69,6 +69,9 @@ func (d *Driver) reconcileLoops(ctx context.Context) {
 			if !deleted && !errdefs.Is(srcErr, errdefs.ErrNotFound) {
 				continue // a live volume: its workload may still be using it
 			}
+			if err := closeLUKS(ctx, id); err != nil {
+				d.log.Error("reconcile: cannot close the mapping of a deleted volume", "volume", id, "err", err)
+			}
 			if err := d.cfg.Loop.Detach(ctx, dev); err != nil {
 				d.log.Error("reconcile: cannot detach loop device of a deleted volume", "device", dev, "image", backing, "err", err)
 				continue
@@ -204,6 +207,9 @@ func imageMountOptions(fsType string, flags []string) []string {
 // devices are found by the image path the kernel reports ("rm-<id>
 // (deleted)"), through the pools that keep volumes in image files.
 func (d *Driver) detachDeletedImage(ctx context.Context, id string) error {
+	if err := closeLUKS(ctx, id); err != nil {
+		return err
+	}
 	devs, err := d.cfg.Loop.List(ctx)
 	if err != nil {
 		return err
@@ -408,7 +414,10 @@ func (d *Driver) stageImage(ctx context.Context, nv nodeVolume, staging string, 
 	if err != nil || len(devs) == 0 {
 		return fmt.Errorf("loop device for %s vanished: %v: %w", nv.src.Path, err, errdefs.ErrAborted)
 	}
-	dev := devs[0]
+	dev, err := d.volumeDevice(ctx, nv)
+	if err != nil {
+		return err
+	}
 	fsType := firstNonEmpty(m.GetFsType(), nv.fsType, "ext4")
 	if err := checkFsType("volume_capability.mount.fs_type", fsType); err != nil {
 		return err

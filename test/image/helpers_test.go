@@ -38,6 +38,9 @@ type env struct {
 	proc *testdriver.Process
 	ctl  csi.ControllerClient
 	node csi.NodeClient
+	// secrets go with every CreateVolume and NodeStageVolume (encrypted
+	// volumes).
+	secrets map[string]string
 }
 
 // newEnv starts cairn with an image pool on a fresh poolFS filesystem of
@@ -60,7 +63,9 @@ func startEnv(t testing.TB, split bool, poolFS string, size int64, mkfsArgs ...s
 	testfs.RequireRoot(t)
 	e := &env{t: t, dir: t.TempDir(), mnt: testfs.New(t, poolFS, size, mkfsArgs...)}
 	e.pool = filepath.Join(e.mnt, "pool")
-	opts := testdriver.Options{DataDir: filepath.Join(e.dir, "data"), Pools: []string{"default=image:" + e.pool}}
+	// LUKS formats with a fast KDF in tests: Argon2id under emulation
+	// takes seconds per key slot.
+	opts := testdriver.Options{DataDir: filepath.Join(e.dir, "data"), Pools: []string{"default=image:" + e.pool}, Env: []string{"CAIRN_LUKS_FAST_KDF=1"}}
 	if split {
 		opts.Mode = "controller"
 		ctl := testdriver.Start(t, opts)
@@ -127,6 +132,7 @@ func (e *env) create(name string, size int64, cap *csi.VolumeCapability, params 
 		VolumeCapabilities:  []*csi.VolumeCapability{cap},
 		Parameters:          params,
 		VolumeContentSource: src,
+		Secrets:             e.secrets,
 	})
 	if err != nil {
 		e.t.Fatalf("CreateVolume(%s): %v", name, err)
@@ -145,6 +151,7 @@ func (e *env) stage(v *volume) {
 	e.t.Helper()
 	_, err := e.node.NodeStageVolume(e.ctx(), &csi.NodeStageVolumeRequest{
 		VolumeId: v.GetVolumeId(), StagingTargetPath: v.staging, VolumeCapability: v.cap, VolumeContext: v.GetVolumeContext(),
+		Secrets: e.secrets,
 	})
 	if err != nil {
 		e.t.Fatalf("NodeStageVolume(%s): %v\nlog tail:\n%s", v.GetVolumeId(), err, tail(e.proc.Log(), 20))

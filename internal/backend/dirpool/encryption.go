@@ -24,6 +24,9 @@ var (
 	_ backend.EncryptedSnapshotter = (*Pool)(nil)
 )
 
+// EncryptionMechanism implements backend.Encrypter.
+func (p *Pool) EncryptionMechanism() string { return "fscrypt" }
+
 // CanEncrypt implements backend.Encrypter.
 func (p *Pool) CanEncrypt(ctx context.Context) error {
 	if err := fscrypt.Supported(p.volumes.Path); err != nil {

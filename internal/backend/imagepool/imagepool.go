@@ -19,6 +19,7 @@ import (
 	"github.com/cairn-csi/cairn/internal/backend"
 	"github.com/cairn-csi/cairn/internal/backend/staging"
 	"github.com/cairn-csi/cairn/internal/errdefs"
+	"github.com/cairn-csi/cairn/internal/luks"
 	"github.com/cairn-csi/cairn/internal/fileclone"
 )
 
@@ -188,8 +189,19 @@ func (p *Pool) CreateVolume(ctx context.Context, id string, spec backend.Spec, c
 	if spec.AccessType == backend.AccessMount {
 		state = backend.FormatPending
 	}
+	if spec.Encryption != nil {
+		if err := p.CanEncrypt(ctx); err != nil {
+			return backend.Volume{}, err
+		}
+	}
 	return p.create(ctx, id, spec, size, func(ctx context.Context, tmp string) error {
-		return p.makeImage(tmp, size, state)
+		if spec.Encryption == nil {
+			return p.makeImage(tmp, size, state)
+		}
+		if err := p.makeImage(tmp, size+luks.HeaderBytes, state); err != nil {
+			return err
+		}
+		return encryptNew(ctx, tmp, spec.Encryption)
 	}, commit)
 }
 
@@ -202,7 +214,7 @@ func (p *Pool) create(ctx context.Context, id string, spec backend.Spec, size in
 		return backend.Volume{}, fmt.Errorf("create volume %s: %w", id, err)
 	}
 	if exists {
-		cur, err := imageSize(p.volumes.Entry(id))
+		cur, err := capacityOf(p.volumes.Entry(id))
 		if err != nil {
 			return backend.Volume{}, fmt.Errorf("create volume %s: %w", id, err)
 		}
@@ -313,7 +325,7 @@ func (p *Pool) ExpandVolume(ctx context.Context, id string, newBytes int64) (int
 	if err != nil {
 		return 0, err
 	}
-	cur, err := imageSize(src.Path)
+	cur, err := capacityOf(src.Path)
 	if err != nil {
 		return 0, fmt.Errorf("volume %s: %w", id, err)
 	}
@@ -324,12 +336,13 @@ func (p *Pool) ExpandVolume(ctx context.Context, id string, newBytes int64) (int
 	if want <= cur {
 		return cur, nil
 	}
+	header := headerBytes(src.Path)
 	f, err := os.OpenFile(src.Path, os.O_RDWR, 0)
 	if err != nil {
 		return 0, fmt.Errorf("expand volume %s: %w", id, err)
 	}
 	defer f.Close()
-	if err := f.Truncate(want); err != nil {
+	if err := f.Truncate(want + header); err != nil {
 		return 0, fmt.Errorf("expand volume %s to %d bytes: %w", id, want, err)
 	}
 	// The size is the volume's capacity record: it must survive a crash
@@ -358,13 +371,13 @@ func (p *Pool) CreateSnapshot(ctx context.Context, snapID, volID string, commit 
 		if err != nil {
 			return s, fmt.Errorf("create snapshot %s: %w", snapID, err)
 		}
-		s.SizeBytes, s.CreatedAt = fi.Size(), fi.ModTime()
+		s.SizeBytes, s.CreatedAt = fi.Size()-headerBytes(path), fi.ModTime()
 	} else {
 		src, err := p.Source(ctx, volID)
 		if err != nil {
 			return s, fmt.Errorf("create snapshot %s: %w", snapID, err)
 		}
-		if s.SizeBytes, err = imageSize(src.Path); err != nil {
+		if s.SizeBytes, err = capacityOf(src.Path); err != nil {
 			return s, fmt.Errorf("create snapshot %s: %w", snapID, err)
 		}
 		// Whole seconds: what every filesystem can store as the mtime that
@@ -456,10 +469,11 @@ func (p *Pool) CreateVolumeFrom(ctx context.Context, id string, spec backend.Spe
 	if err != nil {
 		return backend.Volume{}, fmt.Errorf("create volume %s: %w", id, err)
 	}
-	srcSize, err := imageSize(from)
+	srcSize, err := capacityOf(from)
 	if err != nil {
 		return backend.Volume{}, fmt.Errorf("create volume %s: %w", id, err)
 	}
+	header := headerBytes(from)
 	size, err := roundSize(spec.CapacityBytes, srcSize, spec.LimitBytes)
 	if err != nil {
 		return backend.Volume{}, fmt.Errorf("create volume %s: %w", id, err)
@@ -475,7 +489,10 @@ func (p *Pool) CreateVolumeFrom(ctx context.Context, id string, spec backend.Spe
 		if err := copyFormatState(from, tmp); err != nil {
 			return err
 		}
-		return finishImage(tmp, volumeMode, size)
+		if err := encryptCopy(ctx, tmp, spec.Encryption); err != nil {
+			return err
+		}
+		return finishImage(tmp, volumeMode, size+header)
 	}, commit)
 }
 

@@ -1,0 +1,91 @@
+package imagepool
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/cairn-csi/cairn/internal/backend"
+	"github.com/cairn-csi/cairn/internal/errdefs"
+	"github.com/cairn-csi/cairn/internal/luks"
+)
+
+// Encryption: an encrypted volume's image starts with a LUKS2 header
+// (luks.HeaderBytes) written at create with the volume's key; the node
+// opens it with dm-crypt at stage. The image is the header plus the
+// capacity, and every size the pool reports is the capacity. A snapshot is
+// a copy of the ciphertext and needs no key; a restore or clone is a copy
+// moved from its source's key slot to its own.
+
+var (
+	_ backend.Encrypter            = (*Pool)(nil)
+	_ backend.EncryptedSnapshotter = (*Pool)(nil)
+)
+
+// EncryptionMechanism implements backend.Encrypter.
+func (p *Pool) EncryptionMechanism() string { return "luks2" }
+
+// CanEncrypt implements backend.Encrypter: the node needs device-mapper
+// and cryptsetup.
+func (p *Pool) CanEncrypt(ctx context.Context) error {
+	if err := luks.Supported(); err != nil {
+		return fmt.Errorf("image pool %s: %w", p.root, err)
+	}
+	return nil
+}
+
+// CreateEncryptedSnapshot implements backend.EncryptedSnapshotter: the
+// copy of an encrypted image is ciphertext with the source's key slot, so
+// no key is needed.
+func (p *Pool) CreateEncryptedSnapshot(ctx context.Context, snapID, volID string, _ []byte, commit func(backend.Snapshot) error) (backend.Snapshot, error) {
+	return p.CreateSnapshot(ctx, snapID, volID, commit)
+}
+
+// headerBytes is the room path's LUKS header takes: 0 for a plain image.
+func headerBytes(path string) int64 {
+	if ok, err := luks.IsLUKS(path); err == nil && ok {
+		return luks.HeaderBytes
+	}
+	return 0
+}
+
+// capacityOf is the capacity the image at path offers its filesystem or
+// workload.
+func capacityOf(path string) (int64, error) {
+	size, err := imageSize(path)
+	if err != nil {
+		return 0, err
+	}
+	return size - headerBytes(path), nil
+}
+
+// encryptNew writes the LUKS header of a new, empty image.
+func encryptNew(ctx context.Context, path string, enc *backend.Encryption) error {
+	if err := luks.Format(ctx, path, enc.Key, luks.DefaultOptions()); err != nil {
+		return fmt.Errorf("encrypt %s: %w", path, err)
+	}
+	return nil
+}
+
+// encryptCopy moves a copied image to the new volume's key: an encrypted
+// source's slot is replaced by the new key's. A plain source cannot be
+// encrypted in place.
+func encryptCopy(ctx context.Context, path string, enc *backend.Encryption) error {
+	ok, err := luks.IsLUKS(path)
+	if err != nil {
+		return err
+	}
+	switch {
+	case enc == nil && ok:
+		return fmt.Errorf("the content source is encrypted; a volume made from it must be too: %w", errdefs.ErrInvalidArgument)
+	case enc == nil:
+		return nil
+	case !ok:
+		return fmt.Errorf("an image pool cannot encrypt a copy of plain content: %w", errdefs.ErrInvalidArgument)
+	case enc.SourceKey == nil:
+		return fmt.Errorf("the content source is encrypted and no key for it was given: %w", errdefs.ErrInvalidArgument)
+	}
+	if err := luks.Rekey(ctx, path, enc.SourceKey, enc.Key, luks.DefaultOptions()); err != nil {
+		return fmt.Errorf("move the copy to its own key: %w", err)
+	}
+	return nil
+}

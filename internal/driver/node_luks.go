@@ -1,0 +1,137 @@
+package driver
+
+import (
+	"context"
+	"crypto/hkdf"
+	"crypto/sha512"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cairn-csi/cairn/internal/backend"
+	"github.com/cairn-csi/cairn/internal/crashpoint"
+	"github.com/cairn-csi/cairn/internal/errdefs"
+	"github.com/cairn-csi/cairn/internal/luks"
+)
+
+// Encrypted image volumes: the image holds a LUKS2 header (written by the
+// pool at create) and ciphertext. Stage attaches the loop device, opens it
+// as the mapping cairn-<volume ID> with the volume's key, and formats,
+// mounts or (block access) publishes the mapping. Unstage closes it before
+// the loop device is detached.
+
+// SecretPreviousEncryptionPassphrase carries the passphrase being rotated
+// away from: a stage whose encryptionPassphrase opens no key slot tries it
+// and, if it opens one, moves the volume to the new passphrase.
+const SecretPreviousEncryptionPassphrase = "previousEncryptionPassphrase"
+
+// LUKSKey derives an image volume's LUKS key from the secret and the
+// volume's ID: a key per volume, so a clone or restore is moved to its own
+// key at create. Pools and the node derive it the same way.
+func LUKSKey(secret []byte, id string) ([]byte, error) {
+	return hkdf.Key(sha512.New, secret, []byte(id), "cairn luks2 volume key", 64)
+}
+
+// isLUKSVolume reports whether nv is an image volume with a LUKS header.
+func isLUKSVolume(nv nodeVolume) (bool, error) {
+	if nv.src.Kind != backend.SourceImageFile {
+		return false, nil
+	}
+	return luks.IsLUKS(nv.src.Path)
+}
+
+// openLUKS opens the LUKS volume on loop device dev with the key from the
+// stage secrets and returns the mapping's device. A wrong passphrase is
+// PERMISSION_DENIED; with previousEncryptionPassphrase the volume is
+// rekeyed to the new one first.
+func (d *Driver) openLUKS(ctx context.Context, nv nodeVolume, dev string, secrets map[string]string) (string, error) {
+	name := luks.MappingName(nv.id)
+	secret, err := passphrase(secrets)
+	if err != nil {
+		return "", err
+	}
+	key, err := LUKSKey(secret, nv.id)
+	if err != nil {
+		return "", err
+	}
+	if err := luks.Check(ctx, dev, key); errors.Is(err, luks.ErrWrongKey) {
+		prev, ok := secrets[SecretPreviousEncryptionPassphrase]
+		if !ok {
+			return "", fmt.Errorf("secrets.%s does not unlock volume %s: %w", SecretEncryptionPassphrase, nv.id, err)
+		}
+		oldKey, kerr := LUKSKey([]byte(prev), nv.id)
+		if kerr != nil {
+			return "", kerr
+		}
+		if err := luks.Rekey(ctx, dev, oldKey, key, luks.DefaultOptions()); err != nil {
+			return "", fmt.Errorf("rotate volume %s to the new passphrase: %w", nv.id, err)
+		}
+		d.log.Info("volume moved to a new passphrase", "volume", nv.id)
+	} else if err != nil {
+		return "", err
+	}
+	mapping, err := luks.Open(ctx, dev, name, key)
+	if err != nil {
+		return "", fmt.Errorf("open volume %s: %w", nv.id, err)
+	}
+	// A crash from here leaves the mapping open with nothing mounted, as
+	// a crash leaves the loop device attached: the next stage reuses both,
+	// unstage and DeleteVolume close them.
+	crashpoint.Hit("stage:luks-opened")
+	return mapping, nil
+}
+
+// closeLUKS closes volume id's mapping, if it is open.
+func closeLUKS(ctx context.Context, id string) error {
+	if err := luks.Close(ctx, luks.MappingName(id)); err != nil {
+		return fmt.Errorf("close the encrypted mapping of volume %s: %w", id, err)
+	}
+	return nil
+}
+
+// volumeDevice is the device an image volume's data is reached through on
+// this node: its open LUKS mapping, or its loop device.
+func (d *Driver) volumeDevice(ctx context.Context, nv nodeVolume) (string, error) {
+	p := luks.MappingPath(luks.MappingName(nv.id))
+	if _, err := os.Stat(p); err == nil {
+		return p, nil
+	}
+	devs, err := d.cfg.Loop.Find(ctx, nv.src.Path)
+	if err != nil {
+		return "", err
+	}
+	if len(devs) == 0 {
+		return "", fmt.Errorf("volume %s is not staged (no loop device): %w", nv.id, errdefs.ErrFailedPrecondition)
+	}
+	return devs[0], nil
+}
+
+// holderDevs lists the device numbers of the devices stacked on block
+// device dev (a LUKS mapping on a loop device), from sysfs.
+func holderDevs(dev string) []uint64 {
+	st, err := statT(dev)
+	if err != nil {
+		return nil
+	}
+	dir := fmt.Sprintf("/sys/dev/block/%d:%d/holders", unix.Major(st.Rdev), unix.Minor(st.Rdev))
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	var out []uint64
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join("/sys/class/block", e.Name(), "dev"))
+		if err != nil {
+			continue
+		}
+		var maj, min uint32
+		if _, err := fmt.Sscanf(strings.TrimSpace(string(b)), "%d:%d", &maj, &min); err == nil {
+			out = append(out, unix.Mkdev(maj, min))
+		}
+	}
+	return out
+}
