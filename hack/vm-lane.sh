@@ -51,7 +51,7 @@ skip() {
 # that needs device-mapper (LVM thin, dm-crypt) adds its package here: the
 # VM has lvm2, thin-provisioning-tools and cryptsetup, and loop devices.
 PKGS=(
-  "sanity|./test/sanity|CAIRN_SANITY_TARGETS=dir/ext4-prjquota,dir/xfs-prjquota|^TestSanity\$"
+  "sanity|./test/sanity|CAIRN_SANITY_TARGETS=dir/ext4-prjquota,dir/xfs-prjquota,image/luks|^TestSanity\$"
   "image|./test/image||^(TestOnlineExpansion|TestGrowAtStage|TestBlockExpansionLeavesWorkloadFilesystem|TestLUKSVolumes)\$"
   "dirpool|./internal/backend/dirpool||^TestSuite\$/^(ext4-prjquota|xfs)\$;^(TestQuotaEnforced|TestQuotaPrivilegedWriter|TestProjectIDsUnique|TestQuotaRejectsZeroCapacity)\$"
   "projquota|./internal/projquota||."

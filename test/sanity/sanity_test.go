@@ -45,6 +45,8 @@ type target struct {
 	// secrets: every call that carries secrets gets the encryption
 	// passphrase (csi-sanity's --csi.secrets).
 	secrets bool
+	// dm: the target needs device-mapper (LUKS), which only the VM lane has.
+	dm bool
 }
 
 var targets = []target{
@@ -70,6 +72,9 @@ var targets = []target{
 	// Encrypted directory volumes (fscrypt v2, a key per volume from the
 	// CSI secrets), on ext4 with the encrypt feature.
 	{name: "dir/fscrypt", fs: "ext4-encrypt", secrets: true, params: map[string]string{"encryption": "true"}, needs: []string{"mkfs.ext4"}, pools: func(root string) []string { return []string{"default=dir:" + root} }},
+	// Encrypted image volumes (LUKS2 on a loop device): device-mapper, so
+	// the VM lane.
+	{name: "image/luks", fs: "ext4", secrets: true, dm: true, params: map[string]string{"encryption": "true"}, needs: []string{"mkfs.ext4", "cryptsetup"}, pools: func(root string) []string { return []string{"default=image:" + root} }},
 	{name: "dir/ext4-prjquota", fs: "ext4-prjquota", enforced: true, needs: []string{"mkfs.ext4"}, pools: func(root string) []string { return []string{"default=dir:" + root} }},
 	{name: "dir/xfs-prjquota", fs: "xfs", enforced: true, needs: []string{"mkfs.xfs"}, pools: func(root string) []string { return []string{"default=dir:" + root} }},
 }
@@ -141,6 +146,15 @@ func setUp(t *testing.T, tg target, cfg *sanity.TestConfig) {
 			return
 		}
 	}
+	if tg.dm {
+		if _, err := os.Stat("/dev/mapper/control"); err != nil {
+			if testfs.VMLane() {
+				t.Fatalf("target %s: no device-mapper (CAIRN_VM_LANE=1: the VM lane requires it)", tg.name)
+			}
+			unavailable[tg.name] = "environment: no device-mapper on this kernel; " + testfs.VMLaneHint
+			return
+		}
+	}
 	tmp := t.TempDir()
 	root := filepath.Join(tmp, "pool")
 	if tg.fs != "" {
@@ -155,12 +169,12 @@ func setUp(t *testing.T, tg target, cfg *sanity.TestConfig) {
 	}
 	data := filepath.Join(tmp, "data")
 	if tg.split {
-		ctl := testdriver.Start(t, testdriver.Options{DataDir: data, Mode: "controller", Pools: tg.pools(root)})
-		node := testdriver.Start(t, testdriver.Options{DataDir: data, Mode: "node", Pools: tg.pools(root)})
+		ctl := testdriver.Start(t, testdriver.Options{DataDir: data, Mode: "controller", Pools: tg.pools(root), Env: fastKDF})
+		node := testdriver.Start(t, testdriver.Options{DataDir: data, Mode: "node", Pools: tg.pools(root), Env: fastKDF})
 		cfg.ControllerAddress = "unix://" + ctl.Socket
 		cfg.Address = "unix://" + node.Socket
 	} else {
-		p := testdriver.Start(t, testdriver.Options{DataDir: data, Pools: tg.pools(root)})
+		p := testdriver.Start(t, testdriver.Options{DataDir: data, Pools: tg.pools(root), Env: fastKDF})
 		cfg.Address = "unix://" + p.Socket
 	}
 	if tg.enforced {
@@ -252,6 +266,10 @@ func checkEnforced(t *testing.T, name string, cfg *sanity.TestConfig) {
 		t.Fatalf("%s: DeleteVolume: %v", name, err)
 	}
 }
+
+// fastKDF makes LUKS key slots cheap: Argon2id under emulation takes
+// seconds per slot (tests only).
+var fastKDF = []string{"CAIRN_LUKS_FAST_KDF=1"}
 
 // writeSecrets writes a csi-sanity secrets file that gives every call that
 // carries secrets the same encryption passphrase.

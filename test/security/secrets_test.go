@@ -70,7 +70,8 @@ func TestSecretsNeverLogged(t *testing.T) {
 	// which is what the log is searched for.
 	tok := token(t)
 	secretKey, secretValue := "cairn-secret-key-"+tok, "cairn-secret-value-"+tok
-	secrets := map[string]string{secretKey: secretValue, "password": "hunter2-" + tok}
+	secrets := map[string]string{secretKey: secretValue, "password": "hunter2-" + tok,
+		"encryptionPassphrase": "passphrase-" + tok, "previousEncryptionPassphrase": "previous-" + tok}
 	// kubelet puts the pod's service-account tokens in volume_context, a
 	// field the spec does not mark secret (issue 10, hole 4): they must be
 	// redacted as well, on every call that carries a context.
@@ -209,6 +210,11 @@ func TestSecretsNeverLogged(t *testing.T) {
 		{"CreateVolume", func() error {
 			_, err := ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: marker + "-range", VolumeCapabilities: []*csi.VolumeCapability{mountCap},
 				CapacityRange: &csi.CapacityRange{RequiredBytes: 10, LimitBytes: 5}, Secrets: secrets})
+			return err
+		}},
+		{"CreateVolume", func() error { // encryption in a pool that cannot: the passphrase on an error path
+			_, err := ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: marker + "-enc", VolumeCapabilities: []*csi.VolumeCapability{mountCap},
+				Parameters: map[string]string{"encryption": "true"}, Secrets: secrets})
 			return err
 		}},
 		{"CreateVolume", func() error { // credentials in parameters, refused as unknown
