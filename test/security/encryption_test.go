@@ -11,12 +11,9 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/cairn-csi/cairn/internal/fscrypt"
-	"github.com/cairn-csi/cairn/internal/testdriver"
 	"github.com/cairn-csi/cairn/internal/testfs"
 )
 
@@ -34,17 +31,7 @@ func startEncrypted(t *testing.T) *encrypted {
 	efs := testfs.NewFS(t, "ext4-encrypt", 128<<20)
 	dir := shortTemp(t, "enc-")
 	h := &hostile{dir: dir, dirPool: filepath.Join(efs.MountPoint, "pool"), imgPool: filepath.Join(dir, "plain")}
-	h.proc = testdriver.Start(t, testdriver.Options{
-		DataDir: filepath.Join(dir, "data"),
-		Pools:   []string{"enc=dir:" + h.dirPool, "plain=dir:" + h.imgPool},
-	})
-	t.Cleanup(func() { unmountUnder(dir) })
-	conn, err := grpc.NewClient("unix://"+h.proc.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	h.ctl, h.node = csi.NewControllerClient(conn), csi.NewNodeClient(conn)
+	h.start(t, "enc=dir:"+h.dirPool, "plain=dir:"+h.imgPool)
 	return &encrypted{hostile: h, fs: efs, secret: map[string]string{"encryptionPassphrase": "a-claim-secret-" + token(t)}}
 }
 

@@ -37,18 +37,21 @@ func startHostile(t *testing.T) *hostile {
 	requireRoot(t)
 	dir := shortTemp(t, "hostile-")
 	h := &hostile{dir: dir, dirPool: filepath.Join(dir, "pool"), imgPool: filepath.Join(dir, "images")}
-	h.proc = testdriver.Start(t, testdriver.Options{
-		DataDir: filepath.Join(dir, "data"),
-		Pools:   []string{"default=dir:" + h.dirPool, "img=image:" + h.imgPool},
-	})
-	t.Cleanup(func() { unmountUnder(dir) })
+	h.start(t, "default=dir:"+h.dirPool, "img=image:"+h.imgPool)
+	return h
+}
+
+// start runs cairn with pools (data under h.dir) and connects the clients.
+func (h *hostile) start(t *testing.T, pools ...string) {
+	t.Helper()
+	h.proc = testdriver.Start(t, testdriver.Options{DataDir: filepath.Join(h.dir, "data"), Pools: pools})
+	t.Cleanup(func() { unmountUnder(h.dir) })
 	conn, err := grpc.NewClient("unix://"+h.proc.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
 	h.ctl, h.node = csi.NewControllerClient(conn), csi.NewNodeClient(conn)
-	return h
 }
 
 func ctxT(t *testing.T) context.Context {
