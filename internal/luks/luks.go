@@ -77,8 +77,8 @@ func DefaultOptions() Options {
 // much larger than the capacity it offers.
 const HeaderBytes = 16 << 20
 
-// Resize makes an open mapping fill its grown device. LUKS2 keeps the
-// volume key in the kernel keyring, so no passphrase is needed.
+// Resize makes an open mapping fill its grown device. Open keeps the
+// volume key in the dm table, so no passphrase is needed.
 func Resize(ctx context.Context, name string) error {
 	return run(ctx, nil, "resize", name)
 }
@@ -152,7 +152,11 @@ func Open(ctx context.Context, dev, name string, key []byte) (string, error) {
 	if _, err := os.Stat(p); err == nil {
 		return p, nil
 	}
-	if err := run(ctx, [][]byte{key}, "open", "--type", "luks2", "--key-file", keyFile(0), dev, name); err != nil {
+	// --disable-keyring: the volume key goes into the dm table rather than
+	// the kernel keyring, from which userspace cannot read it back, so that
+	// an online resize (NodeExpandVolume, which often has no secret) needs
+	// no passphrase. Root can read a dm table either way.
+	if err := run(ctx, [][]byte{key}, "open", "--type", "luks2", "--disable-keyring", "--key-file", keyFile(0), dev, name); err != nil {
 		return "", err
 	}
 	return p, nil
