@@ -65,7 +65,7 @@ func TestNew(t *testing.T) {
 }
 
 func TestTypes(t *testing.T) {
-	want := []string{"btrfs", "ext4", "ext4-prjquota", "xfs", "xfs-noquota"}
+	want := []string{"btrfs", "ext4", "ext4-encrypt", "ext4-prjquota", "xfs", "xfs-noquota"}
 	got := Types()
 	if len(got) != len(want) {
 		t.Fatalf("Types() = %v; want %v", got, want)
