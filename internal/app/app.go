@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -152,6 +153,14 @@ func Main(args []string) int {
 	klog.SetSlogLogger(log)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// CAIRN_CPUPROFILE=<file> profiles the process until it stops
+	// gracefully: the hot-path benchmarks (test/hotpath) profile the real
+	// binary under load with it. It is no flag, because it is no feature.
+	if path := os.Getenv("CAIRN_CPUPROFILE"); path != "" {
+		if f, err := os.Create(path); err == nil && pprof.StartCPUProfile(f) == nil {
+			defer func() { pprof.StopCPUProfile(); f.Close() }()
+		}
+	}
 	if err := Run(ctx, c, log); err != nil {
 		log.Error("cairn stopped", "err", err)
 		return 1

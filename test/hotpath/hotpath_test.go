@@ -13,7 +13,8 @@
 //     volumes of which 100 are bind-mounted (published); $CAIRN_HOTPATH_LIST
 //     (comma-separated counts) picks other sizes, e.g. 1000,10000,100000.
 //
-// Needs root; run with
+// $CAIRN_HOTPATH_PROFILE=<dir> makes the driver write a CPU profile of each
+// benchmark there. Needs root; run with
 //
 //	go test -run '^$' -bench . -benchtime 200x ./test/hotpath/
 //
@@ -55,11 +56,21 @@ type env struct {
 func newEnv(b testing.TB) *env {
 	testfs.RequireRoot(b)
 	mnt := testfs.New(b, "ext4", fsSize)
+	var penv []string
+	if dir := os.Getenv("CAIRN_HOTPATH_PROFILE"); dir != "" {
+		// The driver writes its CPU profile when it stops gracefully.
+		name := strings.NewReplacer("/", "_").Replace(b.Name()) + ".cpu.prof"
+		penv = append(penv, "CAIRN_CPUPROFILE="+filepath.Join(dir, name))
+	}
 	p := testdriver.Start(b, testdriver.Options{
 		DataDir: filepath.Join(mnt, "data"),
 		Pools:   []string{"default=dir:" + filepath.Join(mnt, "pool")},
 		Extra:   []string{"--log-level", "warn"},
+		Env:     penv,
 	})
+	if len(penv) > 0 {
+		b.Cleanup(func() { p.Stop(30 * time.Second) })
+	}
 	return &env{mnt: mnt, proc: p, ctl: csi.NewControllerClient(p.Dial())}
 }
 
@@ -87,45 +98,66 @@ func p50(d []time.Duration) time.Duration {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// floor times n rounds of the durable minimum of a create in dir.
-func floor(b testing.TB, dir string, n int) time.Duration {
-	if err := os.MkdirAll(filepath.Join(dir, "entries"), 0o755); err != nil {
-		b.Fatal(err)
+// floorRig does the durable minimum of a create in one directory: mkdir,
+// rename, fsync of the directory, one bbolt commit of one record.
+type floorRig struct {
+	tb      testing.TB
+	entries string
+	db      *bolt.DB
+	rec     []byte
+	n       int
+}
+
+func newFloor(tb testing.TB, dir string) *floorRig {
+	entries := filepath.Join(dir, "entries")
+	if err := os.MkdirAll(entries, 0o755); err != nil {
+		tb.Fatal(err)
 	}
 	db, err := bolt.Open(filepath.Join(dir, "floor.db"), 0o600, nil)
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	defer db.Close()
+	tb.Cleanup(func() { db.Close() })
 	if err := db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucketIfNotExists([]byte("v")); return err }); err != nil {
+		tb.Fatal(err)
+	}
+	return &floorRig{tb: tb, entries: entries, db: db, rec: []byte(strings.Repeat("x", 300))} // about a volume record's JSON
+}
+
+// step does one round and returns how long it took.
+func (f *floorRig) step() time.Duration {
+	b := f.tb
+	id := fmt.Sprintf("vol-%016x", f.n)
+	f.n++
+	t0 := time.Now()
+	tmp := filepath.Join(f.entries, "new-"+id)
+	if err := unix.Mkdir(tmp, 0o777); err != nil {
 		b.Fatal(err)
 	}
-	entries := filepath.Join(dir, "entries")
+	if err := unix.Rename(tmp, filepath.Join(f.entries, id)); err != nil {
+		b.Fatal(err)
+	}
+	fd, err := unix.Open(f.entries, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	err = unix.Fsync(fd)
+	unix.Close(fd)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := f.db.Update(func(tx *bolt.Tx) error { return tx.Bucket([]byte("v")).Put([]byte(id), f.rec) }); err != nil {
+		b.Fatal(err)
+	}
+	return time.Since(t0)
+}
+
+// floor times n rounds of the floor in dir and returns the median.
+func floor(tb testing.TB, dir string, n int) time.Duration {
+	f := newFloor(tb, dir)
 	var times []time.Duration
-	rec := []byte(strings.Repeat("x", 300)) // about a volume record's JSON
-	for i := range n {
-		id := fmt.Sprintf("vol-%016x", i)
-		t0 := time.Now()
-		tmp := filepath.Join(entries, "new-"+id)
-		if err := unix.Mkdir(tmp, 0o777); err != nil {
-			b.Fatal(err)
-		}
-		if err := unix.Rename(tmp, filepath.Join(entries, id)); err != nil {
-			b.Fatal(err)
-		}
-		fd, err := unix.Open(entries, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			b.Fatal(err)
-		}
-		err = unix.Fsync(fd)
-		unix.Close(fd)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := db.Update(func(tx *bolt.Tx) error { return tx.Bucket([]byte("v")).Put([]byte(id), rec) }); err != nil {
-			b.Fatal(err)
-		}
-		times = append(times, time.Since(t0))
+	for range n {
+		times = append(times, f.step())
 	}
 	return p50(times)
 }
@@ -170,17 +202,20 @@ func BenchmarkCreate(b *testing.B) {
 	e := newEnv(b)
 	ctx := context.Background()
 	n := max(b.N, 50)
-	fl := floor(b, filepath.Join(e.mnt, "floor"), n)
-
+	// Floor and Cairn rounds alternate, so that both see the same load
+	// from whatever else the machine runs.
+	fr := newFloor(b, filepath.Join(e.mnt, "floor"))
 	b.ResetTimer()
-	var times []time.Duration
+	var times, floors []time.Duration
 	for range n {
+		floors = append(floors, fr.step())
 		t0 := time.Now()
 		if _, err := e.ctl.CreateVolume(ctx, createReq()); err != nil {
 			b.Fatal(err)
 		}
 		times = append(times, time.Since(t0))
 	}
+	fl := p50(floors)
 	seqP50 := p50(times)
 	var seqTotal time.Duration
 	for _, t := range times {
