@@ -175,9 +175,9 @@ type fakeController struct {
 	csi.UnimplementedControllerServer
 
 	mu      sync.Mutex
-	volumes map[string]string // name -> id
-	lose    map[string]bool   // names whose first answer is lost
-	refuse  map[string]bool   // names refused with RESOURCE_EXHAUSTED
+	volumes map[string]string        // name -> id
+	lose    map[string]bool          // names whose first answer is lost
+	refuse  map[string]bool          // names refused with RESOURCE_EXHAUSTED
 	slow    map[string]time.Duration // names whose first create takes this long; ABORTED meanwhile
 	busy    map[string]bool
 	created int
