@@ -25,7 +25,9 @@
 // CAIRN_POWERCUT_BREAK=dirsync builds cairn with the pool's directory fsync
 // removed, and storesync with the store's commit fsyncs removed (bbolt
 // NoSync): the test must then fail, which shows that it can see a missing
-// fsync. $CAIRN_VM_DIR overrides where the VM scripts are.
+// fsync. $CAIRN_POWERCUT_BINARY runs a static cairn built elsewhere (an
+// older commit, to compare). $CAIRN_VM_DIR overrides where the VM scripts
+// are.
 package powercut
 
 import (
@@ -329,7 +331,12 @@ func build(t *testing.T, work, brk string) {
 		}
 		src = cp
 	}
-	for _, b := range []struct{ out, pkg string }{{"cairn", "./cmd/cairn"}, {"guest", "./test/powercut/guest"}} {
+	pkgs := []struct{ out, pkg string }{{"cairn", "./cmd/cairn"}, {"guest", "./test/powercut/guest"}}
+	if bin := os.Getenv("CAIRN_POWERCUT_BINARY"); bin != "" {
+		run(t, "cp", bin, filepath.Join(work, "cairn"))
+		pkgs = pkgs[1:]
+	}
+	for _, b := range pkgs {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(work, b.out), b.pkg)
 		cmd.Dir = src
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
