@@ -139,8 +139,12 @@ type Result struct {
 	// Warnings are what a reader must know before trusting the figures
 	// (phases left out for want of a flag); the table prints them first.
 	Warnings []string `json:"warnings"`
-	RSS      RSS      `json:"rss"`
-	Cleanup  Cleanup  `json:"cleanup"`
+	// Ratios relate the driver's figures to the floor phases and to each
+	// other (create/concurrent ÷ create/sequential), when both were
+	// measured.
+	Ratios  map[string]float64 `json:"ratios"`
+	RSS     RSS                `json:"rss"`
+	Cleanup Cleanup            `json:"cleanup"`
 	// Interrupted is true when the run was cancelled; Phases then holds
 	// what had finished.
 	Interrupted bool `json:"interrupted"`
@@ -233,6 +237,7 @@ func Run(ctx context.Context, cl Clients, cfg Config) (*Result, error) {
 		Phases:    []Phase{},
 		Skipped:   []Skip{},
 		Warnings:  []string{},
+		Ratios:    map[string]float64{},
 		Cleanup:   Cleanup{Errors: []string{}},
 		RSS:       RSS{Reason: "not measured: the bench stopped before the create phases"},
 		Config: ConfigView{Volumes: cfg.Volumes, Concurrency: cfg.Concurrency, LifecycleRuns: cfg.LifecycleRuns,
@@ -256,6 +261,7 @@ func Run(ctx context.Context, cl Clients, cfg Config) (*Result, error) {
 		r.res.Cleanup.Errors = append(r.res.Cleanup.Errors, e.Error())
 	}
 	r.res.DurationSeconds = time.Since(start).Seconds()
+	r.res.Ratios = r.res.ratios()
 	if ctx.Err() != nil {
 		r.res.Interrupted = true
 		if runErr == nil {
@@ -298,7 +304,7 @@ func (r *runner) run(ctx context.Context) error {
 	if err := r.discover(ctx); err != nil {
 		return err
 	}
-	steps := []func(context.Context) error{r.throughputPhases, r.rssPhase, r.lifecyclePhase, r.dataPhases}
+	steps := []func(context.Context) error{r.floorPhases, r.throughputPhases, r.rssPhase, r.lifecyclePhase, r.dataPhases}
 	for _, step := range steps {
 		if err := ctx.Err(); err != nil {
 			return err

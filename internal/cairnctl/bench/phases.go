@@ -162,6 +162,7 @@ func (r *runner) rssPhase(ctx context.Context) error {
 	}
 	after, errAfter := r.measureRSS()
 	defer r.deleteMany(ctx, "", vols, r.cfg.Concurrency)
+	r.listPhase(ctx, len(vols))
 	switch {
 	case ctx.Err() != nil:
 		return ctx.Err()

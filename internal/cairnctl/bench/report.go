@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -69,6 +70,16 @@ func WriteTable(w io.Writer, r *Result) error {
 		tw.Flush()
 	}
 	fmt.Fprintln(w)
+	if len(r.Ratios) > 0 {
+		keys := make([]string, 0, len(r.Ratios))
+		for k := range r.Ratios {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			fmt.Fprintf(w, "ratio        %s = %.2f\n", k, r.Ratios[k])
+		}
+	}
 	if r.RSS.Known {
 		fmt.Fprintf(w, "driver RSS   pid %d: %s with none of the bench's volumes, %s with %d, %s with %d", r.RSS.PID,
 			bytesStr(r.RSS.BeforeBytes), bytesStr(r.RSS.MidBytes), r.RSS.MidVolumes, bytesStr(r.RSS.AfterBytes), r.RSS.Volumes)
