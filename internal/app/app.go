@@ -28,6 +28,7 @@ import (
 	mount "k8s.io/mount-utils"
 	utilexec "k8s.io/utils/exec"
 
+	"github.com/cairn-csi/cairn/internal/backend/staging"
 	"github.com/cairn-csi/cairn/internal/driver"
 	"github.com/cairn-csi/cairn/internal/endpoint"
 	"github.com/cairn-csi/cairn/internal/kubeletreg"
@@ -221,6 +222,11 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 		if err != nil {
 			return err
 		}
+		// One commit group for both layers: every pool's staged renames
+		// are made durable by the store's group leader, just before the
+		// group's transaction (see staging.DeferDirSyncs).
+		st.SetBeforeCommit(staging.SyncPending)
+		staging.DeferDirSyncs(true)
 		defer func() {
 			if err := st.Close(); err != nil {
 				log.Error("close store", "err", err)

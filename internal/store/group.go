@@ -26,6 +26,9 @@ import (
 // change against the committed state (as bbolt's Batch does). A writer's
 // fn may therefore run more than once.
 type group struct {
+	// before runs ahead of every group's transaction (SetBeforeCommit).
+	before func() error
+
 	mu      sync.Mutex
 	busy    bool // a commit is in flight, or a leader is about to start one
 	pending []*write
@@ -56,7 +59,17 @@ func (g *group) update(db *bolt.DB, fn func(*bolt.Tx) error) error {
 	g.pending = nil
 	g.mu.Unlock()
 
-	commitAll(db, batch)
+	if g.before != nil {
+		if err := g.before(); err != nil {
+			for _, o := range batch {
+				o.err = fmt.Errorf("store: before commit: %w", err)
+			}
+		} else {
+			commitAll(db, batch)
+		}
+	} else {
+		commitAll(db, batch)
+	}
 
 	// Hand over before waking anyone: the next group starts as soon as
 	// this one is durable, led by the first writer that waited for it.

@@ -111,6 +111,13 @@ func Open(ctx context.Context, path string, timeout time.Duration) (*Store, erro
 	return &Store{db: db, path: path}, nil
 }
 
+// SetBeforeCommit makes every group of writers run fn before its
+// transaction, and fail together if it fails. internal/app gives it
+// staging.SyncPending, so that one group makes the renames of all its
+// members durable (one directory fsync each) and then their records (one
+// transaction). Call it before the first Update.
+func (s *Store) SetBeforeCommit(fn func() error) { s.group.before = fn }
+
 // Close closes the database. Later calls fail with errdefs.ErrUnavailable.
 func (s *Store) Close() error { return s.db.Close() }
 

@@ -1,7 +1,9 @@
 package staging
 
 import (
+	"errors"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cairn-csi/cairn/internal/crashpoint"
 )
@@ -78,4 +80,59 @@ func syncDirShared(path string) error {
 		return s.err
 	}
 	return nil
+}
+
+// Deferred directory fsyncs: one commit group for both layers. By default
+// Create and Delete fsync the directory themselves after the rename, which
+// makes the directory fsync and the store commit two separate groups with
+// separate flushes. When the process's commits all go through a store that
+// runs SyncPending before it commits a group (internal/app wires
+// store.SetBeforeCommit(staging.SyncPending)), DeferDirSyncs(true) makes
+// them only note the directory: the group's leader then makes every
+// member's rename durable with one fsync per directory, and then commits
+// every member's record in one transaction. Each member's rename is still
+// durable before its record is, which is all the protocol asks.
+var (
+	deferSyncs atomic.Bool
+	dirtyMu    sync.Mutex // guards dirty only, never an fsync
+	dirty      = map[string]bool{}
+)
+
+// DeferDirSyncs turns deferred directory fsyncs on or off for the process.
+// Turn it on only when every commit func given to Create and Delete ends
+// in a store transaction that runs SyncPending first.
+func DeferDirSyncs(on bool) { deferSyncs.Store(on) }
+
+// afterRename makes a rename in directory path durable now, or, with
+// deferred fsyncs, notes the directory for the commit's SyncPending.
+func afterRename(path string) error {
+	if !deferSyncs.Load() {
+		return syncDirShared(path)
+	}
+	dirtyMu.Lock()
+	dirty[path] = true
+	dirtyMu.Unlock()
+	return nil
+}
+
+// SyncPending fsyncs every directory with a deferred rename, once each. A
+// store runs it before it commits a group: every rename noted before a
+// member queued its commit is then durable before the group's records
+// are. Directories whose fsync failed stay noted, so a later group cannot
+// commit over a rename that is not durable.
+func SyncPending() error {
+	dirtyMu.Lock()
+	dirs := dirty
+	dirty = map[string]bool{}
+	dirtyMu.Unlock()
+	var errs []error
+	for d := range dirs {
+		if err := syncDirShared(d); err != nil {
+			dirtyMu.Lock()
+			dirty[d] = true
+			dirtyMu.Unlock()
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
