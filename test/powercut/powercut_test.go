@@ -168,7 +168,7 @@ func TestPowerCut(t *testing.T) {
 			t.Fatal(err)
 		}
 		problems := m.check(rep.Listed, rep.Entries)
-		t.Logf("cut %d: %d acknowledged calls so far, %d volumes alive, %d listed, %d in flight at the cut",
+		t.Logf("cut %d: %d log lines (calls started and acknowledged) so far, %d volumes alive, %d listed, %d in flight at the cut",
 			cut, lines(acks), len(m.alive), len(rep.Listed), len(m.inflightCreates)+len(m.inflightDeletes))
 		if len(problems) > 0 {
 			t.Fatalf("cut %d: after the power cut:\n  %s", cut, strings.Join(problems, "\n  "))
