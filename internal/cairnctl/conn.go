@@ -87,6 +87,7 @@ func dialOne(ctx context.Context, raw string, o connOptions) (*grpc.ClientConn, 
 		}
 		creds = recordingCreds{TransportCredentials: c, rec: rec}
 	}
+	const maxReplyBytes = 64 << 20
 	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
 		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
@@ -95,6 +96,9 @@ func dialOne(ctx context.Context, raw string, o connOptions) (*grpc.ClientConn, 
 			return c, err
 		}),
 	}
+	// A driver that ignores max_entries may still answer a listing in one
+	// big reply; accept up to 64 MiB rather than fail on gRPC's 4 MiB.
+	opts = append(opts, grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxReplyBytes)))
 	if ep.Network == "unix" {
 		// The socket path is no host name; gRPC would send it as :authority.
 		opts = append(opts, grpc.WithAuthority("localhost"))

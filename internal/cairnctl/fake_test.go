@@ -32,6 +32,7 @@ type minimalDriver struct {
 
 	mu      sync.Mutex
 	volumes map[string]int64 // id -> bytes
+	asked   []int32          // max_entries of every ListVolumes
 }
 
 func (d *minimalDriver) GetPluginInfo(context.Context, *csi.GetPluginInfoRequest) (*csi.GetPluginInfoResponse, error) {
@@ -83,6 +84,7 @@ func (d *minimalDriver) ListVolumes(_ context.Context, req *csi.ListVolumesReque
 		}
 		start = n
 	}
+	d.asked = append(d.asked, req.GetMaxEntries())
 	size := int(req.GetMaxEntries())
 	if size == 0 {
 		size = 1
@@ -111,6 +113,13 @@ func (d *minimalDriver) ListSnapshots(_ context.Context, req *csi.ListSnapshotsR
 // endpoint.
 func startMinimal(t *testing.T, ready bool) string {
 	t.Helper()
+	_, ep := startMinimalDriver(t, ready)
+	return ep
+}
+
+// startMinimalDriver is startMinimal that also returns the driver.
+func startMinimalDriver(t *testing.T, ready bool) (*minimalDriver, string) {
+	t.Helper()
 	sock := filepath.Join(t.TempDir(), "csi.sock")
 	lis, err := net.Listen("unix", sock)
 	if err != nil {
@@ -122,7 +131,7 @@ func startMinimal(t *testing.T, ready bool) string {
 	csi.RegisterControllerServer(srv, d)
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)
-	return "unix://" + sock
+	return d, "unix://" + sock
 }
 
 // run runs cairnctl in-process and returns its exit code and output.
@@ -134,7 +143,7 @@ func run(t *testing.T, args ...string) (ExitCode, string, string) {
 }
 
 func TestAgainstMinimalDriver(t *testing.T) {
-	ep := startMinimal(t, true)
+	d, ep := startMinimalDriver(t, true)
 	for _, name := range []string{"a", "b", "c"} {
 		if code, _, stderr := run(t, "--endpoint", ep, "volume", "create", name, "--capacity", "1Mi"); code != ExitOK {
 			t.Fatalf("create %s: exit %d: %s", name, code, stderr)
@@ -158,8 +167,22 @@ func TestAgainstMinimalDriver(t *testing.T) {
 		}
 	})
 
+	t.Run("list asks for pages by default", func(t *testing.T) {
+		d.mu.Lock()
+		d.asked = nil
+		d.mu.Unlock()
+		if code, _, stderr := run(t, "--endpoint", ep, "volume", "list", "-o", "json"); code != ExitOK {
+			t.Fatalf("exit %d: %s", code, stderr)
+		}
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if len(d.asked) != 1 || d.asked[0] != defaultPageSize {
+			t.Errorf("max_entries asked: %v, want one call with %d", d.asked, defaultPageSize)
+		}
+	})
+
 	t.Run("list follows every page", func(t *testing.T) {
-		code, out, stderr := run(t, "--endpoint", ep, "volume", "list", "-o", "json")
+		code, out, stderr := run(t, "--endpoint", ep, "volume", "list", "--max-entries", "1", "-o", "json")
 		if code != ExitOK {
 			t.Fatalf("exit %d: %s", code, stderr)
 		}

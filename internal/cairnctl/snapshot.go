@@ -122,7 +122,7 @@ func (c *cli) snapshotListCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&source, "source-volume", "", "only snapshots of this volume")
 	cmd.Flags().StringVar(&id, "snapshot-id", "", "only this snapshot")
-	cmd.Flags().Int32Var(&pageSize, "max-entries", 0, "page size asked of the driver (0: the driver's choice); every page is fetched")
+	cmd.Flags().Int32Var(&pageSize, "max-entries", defaultPageSize, "page size asked of the driver (0: the driver's choice, which may be one reply too big for gRPC); every page is fetched")
 	cmd.Flags().Var(&secs, "secret", "a secret key=value for the call; repeatable")
 	cmd.RegisterFlagCompletionFunc("source-volume", c.completeVolumes)
 	cmd.RunE = c.action(func(ctx context.Context, cl *clients, _ *cobra.Command, _ []string) error {

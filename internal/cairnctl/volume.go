@@ -146,6 +146,12 @@ func (c *cli) printActions(as []actionView) error {
 	})
 }
 
+// defaultPageSize is the page size the list commands ask for. A driver
+// asked for everything (max_entries 0) may answer 50,000 volumes in one
+// reply larger than gRPC accepts; pages of 500 are a few hundred KiB even
+// with long volume contexts, and cost one round trip per 500 volumes.
+const defaultPageSize = 500
+
 // listVolumes fetches every page of ListVolumes.
 func (c *cli) listVolumes(ctx context.Context, cl *clients, pageSize int32) ([]*csi.ListVolumesResponse_Entry, error) {
 	var out []*csi.ListVolumesResponse_Entry
@@ -176,7 +182,7 @@ func (c *cli) volumeListCmd() *cobra.Command {
 		Short:   "List volumes (ListVolumes), following every page",
 		Args:    cobra.NoArgs,
 	}
-	cmd.Flags().Int32Var(&pageSize, "max-entries", 0, "page size asked of the driver (0: the driver's choice); every page is fetched")
+	cmd.Flags().Int32Var(&pageSize, "max-entries", defaultPageSize, "page size asked of the driver (0: the driver's choice, which may be one reply too big for gRPC); every page is fetched")
 	cmd.RunE = c.action(func(ctx context.Context, cl *clients, _ *cobra.Command, _ []string) error {
 		if pageSize < 0 {
 			return usagef("--max-entries must not be negative")

@@ -440,6 +440,18 @@ func (d *Driver) topologyMatches(t *csi.Topology) bool {
 
 // csiVolume turns a record into the CSI message.
 func (d *Driver) csiVolume(ctx context.Context, v store.Volume) *csi.Volume {
+	var enforced *bool
+	if b, ok := d.pools[v.Pool]; ok {
+		if c, err := b.Capacity(ctx); err == nil {
+			enforced = &c.Enforced
+		}
+	}
+	return d.volumeMessage(v, enforced)
+}
+
+// volumeMessage is csiVolume once the pool's capacity enforcement is known
+// (nil: unknown), so that a listing asks each pool once.
+func (d *Driver) volumeMessage(v store.Volume, enforced *bool) *csi.Volume {
 	vc := map[string]string{ctxPool: v.Pool}
 	if v.FsType != "" {
 		vc[ctxFsType] = v.FsType
@@ -450,10 +462,8 @@ func (d *Driver) csiVolume(ctx context.Context, v store.Volume) *csi.Volume {
 	if v.Encryption != "" {
 		vc[ctxEncryption], vc[ctxKeyID] = v.Encryption, v.KeyID
 	}
-	if b, ok := d.pools[v.Pool]; ok {
-		if c, err := b.Capacity(ctx); err == nil {
-			vc[ctxCapacityEnforced] = strconv.FormatBool(c.Enforced)
-		}
+	if enforced != nil {
+		vc[ctxCapacityEnforced] = strconv.FormatBool(*enforced)
 	}
 	out := &csi.Volume{
 		VolumeId:           v.ID,
@@ -585,6 +595,9 @@ func (d *Driver) ValidateVolumeCapabilities(ctx context.Context, req *csi.Valida
 
 // ListVolumes implements csi.ControllerServer. The token is the ID to
 // resume at; a token that is not a volume ID gives ABORTED, as the spec asks.
+// The mount table is read once per call and every volume looked up in it,
+// and pages are bounded (listing.go), so a call costs time linear in its
+// volumes plus the node's mounts.
 func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
 	if req.GetMaxEntries() < 0 {
 		return nil, toStatus(invalid("max_entries must not be negative"))
@@ -595,18 +608,30 @@ func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (
 	var vols []store.Volume
 	var next string
 	err := d.store.View(ctx, func(tx *store.Tx) (err error) {
-		vols, next, err = tx.Volumes(req.GetStartingToken(), int(req.GetMaxEntries()))
+		vols, next, err = tx.Volumes(req.GetStartingToken(), pageLimit(req.GetMaxEntries()))
 		return
 	})
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	lv := d.newListView()
 	resp := &csi.ListVolumesResponse{NextToken: next}
-	for _, v := range vols {
-		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{
-			Volume: d.csiVolume(ctx, v),
-			Status: &csi.ListVolumesResponse_VolumeStatus{PublishedNodeIds: d.publishedNodes(ctx, v)},
-		})
+	used := 0
+	for i, v := range vols {
+		if err := ctx.Err(); err != nil {
+			return nil, toStatus(err)
+		}
+		e := &csi.ListVolumesResponse_Entry{
+			Volume: lv.csiVolume(ctx, v),
+			Status: &csi.ListVolumesResponse_VolumeStatus{PublishedNodeIds: lv.published(ctx, v)},
+		}
+		n := entrySize(e)
+		if !fits(used, n, i) {
+			resp.NextToken = v.ID
+			break
+		}
+		used += n
+		resp.Entries = append(resp.Entries, e)
 	}
 	return resp, nil
 }
@@ -997,7 +1022,8 @@ func (d *Driver) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsReques
 			return nil
 		}
 		// Filtered pages are cut after filtering, so the token stays an ID.
-		from, max := req.GetStartingToken(), int(req.GetMaxEntries())
+		from, max := req.GetStartingToken(), pageLimit(req.GetMaxEntries())
+		used := 0
 		for {
 			snaps, next, err := tx.Snapshots(from, 64)
 			if err != nil {
@@ -1007,11 +1033,14 @@ func (d *Driver) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsReques
 				if vid := req.GetSourceVolumeId(); vid != "" && vid != s.SourceVolumeID {
 					continue
 				}
-				if max > 0 && len(resp.Entries) == max {
+				e := &csi.ListSnapshotsResponse_Entry{Snapshot: csiSnapshot(s)}
+				n := entrySize(e)
+				if len(resp.Entries) == max || !fits(used, n, len(resp.Entries)) {
 					resp.NextToken = s.ID
 					return nil
 				}
-				resp.Entries = append(resp.Entries, &csi.ListSnapshotsResponse_Entry{Snapshot: csiSnapshot(s)})
+				used += n
+				resp.Entries = append(resp.Entries, e)
 			}
 			if next == "" {
 				return nil

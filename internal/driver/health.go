@@ -61,23 +61,43 @@ func (d *Driver) ControllerListVolumeHealth(ctx context.Context, req *csi.Contro
 	if t := req.GetStartingToken(); t != "" && !volumeIDPattern.MatchString(t) {
 		return nil, toStatus(fmt.Errorf("starting_token %q is not one this driver issued: %w", truncate(t), errdefs.ErrAborted))
 	}
-	var vols []store.Volume
-	if err := d.store.View(ctx, func(tx *store.Tx) (err error) { vols, _, err = tx.Volumes(req.GetStartingToken(), 0); return }); err != nil {
-		return nil, toStatus(err)
-	}
+	// Records are read a chunk at a time, each in its own read
+	// transaction, and checked outside it: a node of 100,000 volumes is
+	// neither held in memory at once nor checked under a transaction. The
+	// page ends after max_entries (a default when 0) abnormal volumes or at
+	// the reply byte budget, with the next unchecked ID as the token.
+	const chunk = 256
+	limit := pageLimit(req.GetMaxEntries())
 	resp := &csi.ControllerListVolumeHealthResponse{}
-	for _, v := range vols {
-		h := d.volumeHealth(ctx, v)
-		if len(h.HealthStatuses) == 0 {
-			continue
+	used := 0
+	from := req.GetStartingToken()
+	for {
+		var vols []store.Volume
+		var next string
+		if err := d.store.View(ctx, func(tx *store.Tx) (err error) { vols, next, err = tx.Volumes(from, chunk); return }); err != nil {
+			return nil, toStatus(err)
 		}
-		if max := int(req.GetMaxEntries()); max > 0 && len(resp.Entries) == max {
-			resp.NextToken = v.ID
-			break
+		for _, v := range vols {
+			if err := ctx.Err(); err != nil {
+				return nil, toStatus(err)
+			}
+			h := d.volumeHealth(ctx, v)
+			if len(h.HealthStatuses) == 0 {
+				continue
+			}
+			n := entrySize(h)
+			if len(resp.Entries) == limit || !fits(used, n, len(resp.Entries)) {
+				resp.NextToken = v.ID
+				return resp, nil
+			}
+			used += n
+			resp.Entries = append(resp.Entries, h)
 		}
-		resp.Entries = append(resp.Entries, h)
+		if next == "" {
+			return resp, nil
+		}
+		from = next
 	}
-	return resp, nil
 }
 
 // NodeGetVolumeHealth implements csi.NodeServer.

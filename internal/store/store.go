@@ -6,6 +6,10 @@
 // lives under a version bucket ("v1") so that a future layout can migrate.
 // Values are JSON so that a record can gain fields without a migration.
 //
+// Writers are group-committed (group.go): an idle store commits a write at
+// once, and the writes that arrive while a commit is in flight share the
+// next transaction and its fsyncs.
+//
 // The store knows nothing about disks or gRPC. Errors are of the classes in
 // internal/errdefs.
 package store
@@ -78,8 +82,9 @@ type Snapshot struct {
 
 // Store is the metadata database.
 type Store struct {
-	db   *bolt.DB
-	path string
+	db    *bolt.DB
+	path  string
+	group group
 }
 
 // Open opens (creating if needed) the store at path. It fails after timeout
@@ -95,10 +100,6 @@ func Open(ctx context.Context, path string, timeout time.Duration) (*Store, erro
 		}
 		return nil, fmt.Errorf("store %s: %w", path, err)
 	}
-	// Batch waits this long for company before it commits. bbolt's 10 ms
-	// default is longer than a commit's fsync here, and a lone write pays
-	// it in full; 2 ms still groups the writers of a busy moment.
-	db.MaxBatchDelay = 2 * time.Millisecond
 	err = db.Update(func(tx *bolt.Tx) error {
 		v1, err := tx.CreateBucketIfNotExists(bucketV1)
 		if err != nil {
@@ -117,6 +118,13 @@ func Open(ctx context.Context, path string, timeout time.Duration) (*Store, erro
 	}
 	return &Store{db: db, path: path}, nil
 }
+
+// SetBeforeCommit makes every group of writers run fn before its
+// transaction, and fail together if it fails. internal/app gives it
+// staging.SyncPending, so that one group makes the renames of all its
+// members durable (one directory fsync each) and then their records (one
+// transaction). Call it before the first Update.
+func (s *Store) SetBeforeCommit(fn func() error) { s.group.before = fn }
 
 // Close closes the database. Later calls fail with errdefs.ErrUnavailable.
 func (s *Store) Close() error { return s.db.Close() }
@@ -138,13 +146,16 @@ func (s *Store) View(ctx context.Context, fn func(*Tx) error) error {
 }
 
 // Update runs fn in one read-write transaction: all of fn's changes commit
-// together or not at all. Concurrent callers are batched into one fsync, so
-// fn may run more than once and must only touch the transaction.
+// together or not at all. Concurrent callers are group-committed, so fn may
+// run more than once and must only touch the transaction. Once fn is
+// queued, Update waits for the outcome whatever ctx says: a caller told
+// "cancelled" while its change commits would undo disk work the store
+// then points at.
 func (s *Store) Update(ctx context.Context, fn func(*Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return s.wrap(s.db.Batch(func(btx *bolt.Tx) error { return fn(&Tx{tx: btx}) }))
+	return s.wrap(s.group.update(s.db, func(btx *bolt.Tx) error { return fn(&Tx{tx: btx}) }))
 }
 
 func (s *Store) wrap(err error) error {

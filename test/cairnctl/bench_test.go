@@ -91,7 +91,7 @@ func testBench(t *testing.T, poolType string) {
 	work := filepath.Join(t.TempDir(), "work")
 	out := filepath.Join(t.TempDir(), "bench.json")
 	args := []string{"bench", "--volumes", "5", "--concurrency", "2", "--lifecycle-runs", "2",
-		"--data-size", "1Mi", "--capacity", "4Mi", "--json-out", out, "-o", "json"}
+		"--data-size", "1Mi", "--capacity", "4Mi", "--rss-volumes", "5", "--json-out", out, "-o", "json"}
 	if root {
 		args = append(args, "--work-dir", work)
 	} else {

@@ -352,6 +352,13 @@ func (h *harness) killPoints(points []killPoint) {
 			h.armed = false
 			h.afterCrash([]*op{o})
 		}
+		// A group point is also armed under concurrent creates and
+		// deletes, so that the process dies with several callers in one
+		// commit group: none of them may have been answered, and each
+		// must converge like a single interrupted call.
+		if strings.HasPrefix(kp.name, "group:") && h.groupKill(kp) {
+			reached[kp.name] = append(reached[kp.name], "concurrent batch")
+		}
 		if len(reached[kp.name]) == 0 {
 			if kp.generic {
 				h.fatalf("kill point %s (%s) was not reached by any operation on the %s pool", kp.name, kp.file, h.tg.name)
@@ -365,6 +372,82 @@ func (h *harness) killPoints(points []killPoint) {
 		h.restart()
 		h.armed = false
 	}
+}
+
+// groupKill runs up to four creates and deletes at once with kp armed,
+// so that they share commit groups, and reports whether cairn died there.
+// Whatever the batch left unfinished is checked and retried as after any
+// crash.
+func (h *harness) groupKill(kp killPoint) bool {
+	if h.armed {
+		h.restart()
+		h.armed = false
+	}
+	for h.m.aliveVolumes() < 2 { // something to delete
+		if !h.mustRun(h.m.pick(h.rng, opCreate, nil)) {
+			break
+		}
+	}
+	for h.m.aliveVolumes() > maxVolumes-2 { // room to create
+		if !h.mustRun(h.m.pick(h.rng, opDelete, nil)) {
+			break
+		}
+	}
+	busy := map[any]bool{}
+	var batch []*op
+	for _, kind := range []opKind{opDelete, opDelete, opCreate, opCreate} {
+		o := h.m.pick(h.rng, kind, busy)
+		if o == nil {
+			continue
+		}
+		for _, k := range o.keys() {
+			busy[k] = true
+		}
+		if o.vol != nil && o.vol.state == planned {
+			h.m.planned++
+		}
+		batch = append(batch, o)
+	}
+	h.m.planned = 0
+	if len(batch) < 2 {
+		h.t.Logf("kill point %s: no concurrent batch possible here", kp.name)
+		return false
+	}
+	h.restart("CAIRN_CRASHPOINT=" + kp.name)
+	h.armed = true
+	logStart := len(h.proc.Log())
+	var wg sync.WaitGroup
+	for _, o := range batch {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			o.err = h.runOp(o)
+		}()
+	}
+	wg.Wait()
+	h.proc.Wait(2 * time.Second)
+	died := h.proc.Exited()
+	if died && !strings.Contains(h.proc.Log()[logStart:], "crashpoint: reached "+kp.name) {
+		h.fatalf("kill point %s, concurrent batch: cairn exited without reaching the point", kp.name)
+	}
+	var pending []*op
+	for _, o := range batch {
+		switch {
+		case o.err == nil:
+			h.m.apply(o)
+		case !died && !retryable(o.err):
+			h.fatalf("kill point %s, concurrent %s failed and cairn is still running: %v", kp.name, o, o.err)
+		default:
+			pending = append(pending, o)
+		}
+	}
+	h.restart()
+	h.armed = false
+	h.afterCrash(pending)
+	if died {
+		h.stats.pointDeaths++
+	}
+	return died
 }
 
 // kindsFor lists the operations worth trying at a kill point: creates for

@@ -196,10 +196,12 @@ func writeHint(f *os.File, next uint32) error {
 	if _, err := f.WriteAt(b, 0); err != nil {
 		return err
 	}
-	if err := f.Truncate(int64(len(b))); err != nil {
-		return err
-	}
-	return f.Sync()
+	// No fsync: the hint only saves probes. One lost in a crash, or
+	// torn, makes the next allocation probe from an older ID, and the
+	// in-use check skips every ID a surviving directory holds. An fsync
+	// here, under projMu, serialised every create of a quota pool behind
+	// one disk flush each.
+	return f.Truncate(int64(len(b)))
 }
 
 // project returns the project ID of volume directory dir, 0 when the pool

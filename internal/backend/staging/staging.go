@@ -79,7 +79,7 @@ func (d Dir) Create(ctx context.Context, id string, build func(ctx context.Conte
 		if err := os.Rename(tmp, final); err != nil {
 			return fmt.Errorf("rename into place: %w", err)
 		}
-		if err := syncDir(d.Path); err != nil {
+		if err := afterRename(d.Path); err != nil {
 			return err
 		}
 	}
@@ -104,7 +104,7 @@ func (d Dir) Delete(ctx context.Context, id string, commit func() error) error {
 	switch err := os.Rename(final, doomed); {
 	case err == nil:
 		renamed = true
-		if err := syncDir(d.Path); err != nil {
+		if err := afterRename(d.Path); err != nil {
 			return err
 		}
 	case errors.Is(err, fs.ErrNotExist):

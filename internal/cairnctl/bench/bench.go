@@ -62,6 +62,17 @@ type Config struct {
 	Prefix string
 	// CallTimeout bounds each call (default 1m).
 	CallTimeout time.Duration
+	// DataTimeout bounds each call of the data phases, which copy
+	// DataBytes (snapshot, restore, clone) and may take far longer than
+	// a small call on a slow driver (default 10m).
+	DataTimeout time.Duration
+	// RSSVolumes is how many volumes exist when the driver's memory is
+	// read; it is also read at half that, for the growth per volume. 0
+	// skips the measurement.
+	RSSVolumes int
+	// DropCaches drops the page cache (as root) before restored and
+	// cloned volumes are read back, so that the reads come from disk.
+	DropCaches bool
 
 	// DriverPID is the driver process to measure; 0 looks up the process
 	// listening on SocketPath. ProcRoot defaults to /proc.
@@ -98,6 +109,12 @@ func (c Config) withDefaults() (Config, error) {
 	if c.CallTimeout <= 0 {
 		c.CallTimeout = time.Minute
 	}
+	if c.DataTimeout <= 0 {
+		c.DataTimeout = 10 * time.Minute
+	}
+	if c.RSSVolumes < 0 {
+		return c, errors.New("rss volumes must not be negative")
+	}
 	if c.ProcRoot == "" {
 		c.ProcRoot = "/proc"
 	}
@@ -119,8 +136,15 @@ type Result struct {
 	DurationSeconds float64    `json:"durationSeconds"`
 	Phases          []Phase    `json:"phases"`
 	Skipped         []Skip     `json:"skipped"`
-	RSS             RSS        `json:"rss"`
-	Cleanup         Cleanup    `json:"cleanup"`
+	// Warnings are what a reader must know before trusting the figures
+	// (phases left out for want of a flag); the table prints them first.
+	Warnings []string `json:"warnings"`
+	// Ratios relate the driver's figures to the floor phases and to each
+	// other (create/concurrent ÷ create/sequential), when both were
+	// measured.
+	Ratios  map[string]float64 `json:"ratios"`
+	RSS     RSS                `json:"rss"`
+	Cleanup Cleanup            `json:"cleanup"`
 	// Interrupted is true when the run was cancelled; Phases then holds
 	// what had finished.
 	Interrupted bool `json:"interrupted"`
@@ -146,6 +170,9 @@ type ConfigView struct {
 	FsType        string `json:"fsType,omitempty"`
 	Prefix        string `json:"prefix"`
 	WorkDir       string `json:"workDir,omitempty"`
+	RSSVolumes    int    `json:"rssVolumes"`
+	DropCaches    bool   `json:"dropCaches"`
+	DataTimeout   string `json:"dataTimeout"`
 }
 
 // Phase is one measured phase.
@@ -174,15 +201,21 @@ type Skip struct {
 	Reason string `json:"reason"`
 }
 
-// RSS is the driver's resident memory before and after the sequential
-// create phase.
+// RSS is the driver's resident memory with none of the bench's volumes
+// (after the throughput phases, so that start-up growth is behind it), at
+// half of RSSVolumes and at RSSVolumes volumes. BytesPerVolume is the slope
+// between the last two readings: what one more volume costs, without the
+// one-off growth of the first calls.
 type RSS struct {
-	Known       bool   `json:"known"`
-	PID         int    `json:"pid,omitempty"`
-	BeforeBytes int64  `json:"beforeBytes,omitempty"`
-	AfterBytes  int64  `json:"afterBytes,omitempty"`
-	Volumes     int    `json:"volumes,omitempty"` // volumes that existed at AfterBytes
-	Reason      string `json:"reason,omitempty"`  // why it is unknown
+	Known          bool    `json:"known"`
+	PID            int     `json:"pid,omitempty"`
+	BeforeBytes    int64   `json:"beforeBytes,omitempty"`
+	MidBytes       int64   `json:"midBytes,omitempty"`
+	AfterBytes     int64   `json:"afterBytes,omitempty"`
+	MidVolumes     int     `json:"midVolumes,omitempty"`
+	Volumes        int     `json:"volumes,omitempty"` // volumes that existed at AfterBytes
+	BytesPerVolume float64 `json:"bytesPerVolume,omitempty"`
+	Reason         string  `json:"reason,omitempty"` // why it is unknown
 }
 
 // Cleanup is what taking everything back took.
@@ -203,12 +236,18 @@ func Run(ctx context.Context, cl Clients, cfg Config) (*Result, error) {
 		StartedAt: time.Now().UTC(),
 		Phases:    []Phase{},
 		Skipped:   []Skip{},
+		Warnings:  []string{},
+		Ratios:    map[string]float64{},
 		Cleanup:   Cleanup{Errors: []string{}},
 		RSS:       RSS{Reason: "not measured: the bench stopped before the create phases"},
 		Config: ConfigView{Volumes: cfg.Volumes, Concurrency: cfg.Concurrency, LifecycleRuns: cfg.LifecycleRuns,
 			CapacityBytes: cfg.CapacityBytes, DataBytes: cfg.DataBytes, AccessType: cfg.AccessType, FsType: cfg.FsType,
-			Prefix: cfg.Prefix, WorkDir: cfg.WorkDir},
+			Prefix: cfg.Prefix, WorkDir: cfg.WorkDir, RSSVolumes: cfg.RSSVolumes, DropCaches: cfg.DropCaches,
+			DataTimeout: cfg.DataTimeout.String()},
 	}}
+	if cfg.WorkDir == "" {
+		r.res.Warnings = append(r.res.Warnings, "no --work-dir: the lifecycle and data phases were not run, so stage, publish, snapshot, restore and clone are not measured; give --work-dir (as root) to measure them")
+	}
 	start := time.Now()
 	runErr := r.run(ctx)
 
@@ -222,6 +261,7 @@ func Run(ctx context.Context, cl Clients, cfg Config) (*Result, error) {
 		r.res.Cleanup.Errors = append(r.res.Cleanup.Errors, e.Error())
 	}
 	r.res.DurationSeconds = time.Since(start).Seconds()
+	r.res.Ratios = r.res.ratios()
 	if ctx.Err() != nil {
 		r.res.Interrupted = true
 		if runErr == nil {
@@ -233,7 +273,7 @@ func Run(ctx context.Context, cl Clients, cfg Config) (*Result, error) {
 
 // cleanupTimeout allows every call of the largest phase to take a while.
 func cleanupTimeout(cfg Config) time.Duration {
-	return max(5*time.Minute, 4*cfg.CallTimeout)
+	return max(5*time.Minute, 4*max(cfg.CallTimeout, cfg.DataTimeout))
 }
 
 // OK reports whether every call succeeded and the cleanup left nothing.
@@ -264,7 +304,7 @@ func (r *runner) run(ctx context.Context) error {
 	if err := r.discover(ctx); err != nil {
 		return err
 	}
-	steps := []func(context.Context) error{r.throughputPhases, r.lifecyclePhase, r.dataPhases}
+	steps := []func(context.Context) error{r.floorPhases, r.throughputPhases, r.rssPhase, r.lifecyclePhase, r.dataPhases}
 	for _, step := range steps {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -335,11 +375,39 @@ func (r *runner) skip(phase, reason string) {
 	r.res.Skipped = append(r.res.Skipped, Skip{Phase: phase, Reason: reason})
 }
 
-// callRPC makes one call with the per-call timeout.
+// callTimeout is a timeout for the calls made under a context, and the
+// flag that sets it, so that a call that runs out of it says which flag
+// to raise.
+type callTimeout struct {
+	d    time.Duration
+	flag string
+}
+
+type callTimeoutKey struct{}
+
+func withCallTimeout(ctx context.Context, t callTimeout) context.Context {
+	return context.WithValue(ctx, callTimeoutKey{}, t)
+}
+
+// timeoutOf is the call timeout in force under ctx.
+func (r *runner) timeoutOf(ctx context.Context) callTimeout {
+	if t, ok := ctx.Value(callTimeoutKey{}).(callTimeout); ok {
+		return t
+	}
+	return callTimeout{r.cfg.CallTimeout, "--timeout"}
+}
+
+// callRPC makes one call with the call timeout in force under ctx. A call
+// that runs out of it fails with DEADLINE_EXCEEDED naming the flag.
 func callRPC[Req, Resp any](ctx context.Context, r *runner, fn func(context.Context, Req, ...grpc.CallOption) (Resp, error), req Req) (Resp, error) {
-	cctx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
+	t := r.timeoutOf(ctx)
+	cctx, cancel := context.WithTimeout(ctx, t.d)
 	defer cancel()
-	return fn(cctx, req)
+	resp, err := fn(cctx, req)
+	if err != nil && ctx.Err() == nil && cctx.Err() != nil && status.Code(err) == codes.DeadlineExceeded {
+		err = status.Errorf(codes.DeadlineExceeded, "no answer within %s %s (raise it for a slow driver): %s", t.flag, t.d, status.Convert(err).Message())
+	}
+	return resp, err
 }
 
 // capability is the VolumeCapability every bench volume uses.

@@ -175,9 +175,11 @@ type fakeController struct {
 	csi.UnimplementedControllerServer
 
 	mu      sync.Mutex
-	volumes map[string]string // name -> id
-	lose    map[string]bool   // names whose first answer is lost
-	refuse  map[string]bool   // names refused with RESOURCE_EXHAUSTED
+	volumes map[string]string        // name -> id
+	lose    map[string]bool          // names whose first answer is lost
+	refuse  map[string]bool          // names refused with RESOURCE_EXHAUSTED
+	slow    map[string]time.Duration // names whose first create takes this long; ABORTED meanwhile
+	busy    map[string]bool
 	created int
 }
 
@@ -197,6 +199,18 @@ func (f *fakeController) ControllerGetCapabilities(context.Context, *csi.Control
 func (f *fakeController) CreateVolume(_ context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if d := f.slow[req.GetName()]; d > 0 {
+		// A copy that outlives the caller's timeout: the volume appears
+		// when it ends, and the name is busy until then.
+		delete(f.slow, req.GetName())
+		f.busy[req.GetName()] = true
+		f.mu.Unlock()
+		time.Sleep(d)
+		f.mu.Lock()
+		delete(f.busy, req.GetName())
+	} else if f.busy[req.GetName()] {
+		return nil, status.Error(codes.Aborted, "an operation on this name is in progress")
+	}
 	if f.refuse[req.GetName()] {
 		return nil, status.Error(codes.ResourceExhausted, "full")
 	}
@@ -249,7 +263,7 @@ func TestRunCleansUpLostCreates(t *testing.T) {
 
 	res, err := Run(context.Background(), Clients{
 		Identity: csi.NewIdentityClient(cc), Controller: csi.NewControllerClient(cc), Node: csi.NewNodeClient(cc),
-	}, Config{Volumes: 5, Concurrency: 2, LifecycleRuns: 1, DataBytes: 1 << 20, Prefix: prefix, SocketPath: sock})
+	}, Config{Volumes: 5, Concurrency: 2, LifecycleRuns: 1, DataBytes: 1 << 20, Prefix: prefix, SocketPath: sock, RSSVolumes: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -310,5 +324,41 @@ func TestRunRefusesDriverWithoutCreate(t *testing.T) {
 		Config{Volumes: 1, Concurrency: 1})
 	if status.Code(err) != codes.Unimplemented {
 		t.Errorf("Run against an identity-only plugin: %v, want Unimplemented", err)
+	}
+}
+
+// TestDataTimeout: a copy slower than its call timeout fails naming the
+// flag, and cleanup still finds and deletes the volume the driver went on
+// to make (it used to be LEFT BEHIND).
+func TestDataTimeout(t *testing.T) {
+	f := &fakeController{volumes: map[string]string{}, slow: map[string]time.Duration{"clone": 300 * time.Millisecond}, busy: map[string]bool{}}
+	sock := filepath.Join(t.TempDir(), "csi.sock")
+	lis, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	csi.RegisterControllerServer(srv, f)
+	go srv.Serve(lis)
+	defer srv.Stop()
+	cc, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	r := &runner{cl: Clients{Controller: csi.NewControllerClient(cc)}, cfg: Config{CallTimeout: time.Minute}}
+	ctx := withCallTimeout(context.Background(), callTimeout{50 * time.Millisecond, "--data-timeout"})
+	_, _, err = r.createVolume(ctx, &csi.CreateVolumeRequest{Name: "clone"})
+	if status.Code(err) != codes.DeadlineExceeded || !strings.Contains(err.Error(), "--data-timeout") {
+		t.Fatalf("err = %v, want DEADLINE_EXCEEDED naming --data-timeout", err)
+	}
+	n, errs := r.undo.unwindTo(context.Background(), 0)
+	if n != 1 || len(errs) != 0 {
+		t.Fatalf("cleanup: %d actions, errors %v", n, errs)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.volumes) != 0 {
+		t.Fatalf("left behind: %v", f.volumes)
 	}
 }

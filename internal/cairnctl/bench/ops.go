@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -24,6 +25,33 @@ func definite(err error) bool {
 		return true
 	}
 	return false
+}
+
+// askAgain repeats an idempotent create to learn what a lost call made.
+// While the driver still works on the lost call it may answer ABORTED
+// (the name is busy) or run out of time again, so it retries those until
+// the cleanup's own deadline, with the timeout of the phase that made the
+// call: a 1 GiB clone that outlived --timeout once will outlive it again.
+func askAgain[Req, Resp any](ctx context.Context, r *runner, t callTimeout, fn func(context.Context, Req, ...grpc.CallOption) (Resp, error), req Req) (Resp, error) {
+	ctx = withCallTimeout(ctx, t)
+	wait := 100 * time.Millisecond
+	for {
+		resp, err := callRPC(ctx, r, fn, req)
+		switch status.Code(err) {
+		case codes.Aborted, codes.DeadlineExceeded, codes.Unavailable:
+			if ctx.Err() != nil {
+				return resp, err
+			}
+			select {
+			case <-ctx.Done():
+				return resp, err
+			case <-time.After(wait):
+			}
+			wait = min(2*wait, 5*time.Second)
+			continue
+		}
+		return resp, err
+	}
 }
 
 // trackedVolume is a volume the bench asked for.
@@ -56,6 +84,7 @@ func (t *trackedVolume) id() string {
 // createVolume creates a volume, having first pushed its deletion.
 func (r *runner) createVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*trackedVolume, time.Duration, error) {
 	tv := &trackedVolume{req: req}
+	t := r.timeoutOf(ctx)
 	tv.undo = r.undo.push("delete volume "+req.GetName(), func(ctx context.Context) error {
 		vol, err := tv.get()
 		if vol == nil {
@@ -65,7 +94,7 @@ func (r *runner) createVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 			// CreateVolume is idempotent by name: asking again returns the
 			// volume if the lost call made it (and makes it if not, which
 			// the delete below then takes back).
-			resp, err := callRPC(ctx, r, r.cl.Controller.CreateVolume, req)
+			resp, err := askAgain(ctx, r, t, r.cl.Controller.CreateVolume, req)
 			if err != nil {
 				if definite(err) {
 					return nil
@@ -74,7 +103,7 @@ func (r *runner) createVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 			}
 			vol = resp.GetVolume()
 		}
-		_, err = callRPC(ctx, r, r.cl.Controller.DeleteVolume, &csi.DeleteVolumeRequest{VolumeId: vol.GetVolumeId(), Secrets: r.cfg.Secrets})
+		_, err = askAgain(ctx, r, t, r.cl.Controller.DeleteVolume, &csi.DeleteVolumeRequest{VolumeId: vol.GetVolumeId(), Secrets: r.cfg.Secrets})
 		return err
 	})
 	start := time.Now()
@@ -110,13 +139,14 @@ func (t *trackedSnapshot) get() (*csi.Snapshot, error) {
 
 func (r *runner) createSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.Snapshot, time.Duration, error) {
 	ts := &trackedSnapshot{}
+	t := r.timeoutOf(ctx)
 	r.undo.push("delete snapshot "+req.GetName(), func(ctx context.Context) error {
 		snap, err := ts.get()
 		if snap == nil {
 			if definite(err) {
 				return nil
 			}
-			resp, err := callRPC(ctx, r, r.cl.Controller.CreateSnapshot, req)
+			resp, err := askAgain(ctx, r, t, r.cl.Controller.CreateSnapshot, req)
 			if err != nil {
 				if definite(err) {
 					return nil
@@ -125,7 +155,7 @@ func (r *runner) createSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 			}
 			snap = resp.GetSnapshot()
 		}
-		_, err = callRPC(ctx, r, r.cl.Controller.DeleteSnapshot, &csi.DeleteSnapshotRequest{SnapshotId: snap.GetSnapshotId(), Secrets: r.cfg.Secrets})
+		_, err = askAgain(ctx, r, t, r.cl.Controller.DeleteSnapshot, &csi.DeleteSnapshotRequest{SnapshotId: snap.GetSnapshotId(), Secrets: r.cfg.Secrets})
 		return err
 	})
 	start := time.Now()

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	mrand "math/rand/v2"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 )
 
 // Phase names, stable for scripts reading --json-out.
@@ -53,31 +55,41 @@ func parallel(ctx context.Context, n, conc int, fn func(i int)) {
 // createMany creates cfg.Volumes volumes with conc callers and records
 // the phase; it returns the volumes that were created.
 func (r *runner) createMany(ctx context.Context, phase, tag string, conc int) []*trackedVolume {
-	n := r.cfg.Volumes
-	made := make([]*trackedVolume, n)
 	var s sampler
-	bar := startProgress(r.cfg.Progress, phase, int64(n), false)
+	bar := startProgress(r.cfg.Progress, phase, int64(r.cfg.Volumes), false)
 	start := time.Now()
-	parallel(ctx, n, conc, func(i int) {
-		tv, d, err := r.createVolume(ctx, r.createRequest(fmt.Sprintf("%s-%s-%d", r.cfg.Prefix, tag, i), r.cfg.CapacityBytes, nil))
-		s.add(d, err)
-		if err == nil {
-			made[i] = tv
-		}
-		bar.add(1)
-	})
+	out, _ := r.createSet(ctx, tag, r.cfg.Volumes, conc, func(d time.Duration, err error) { s.add(d, err); bar.add(1) })
 	elapsed := time.Since(start)
 	bar.end()
 	if !s.empty() {
 		r.res.Phases = append(r.res.Phases, s.phase(phase, conc, elapsed))
 	}
+	return out
+}
+
+// createSet creates n volumes named by tag with conc callers, reports each
+// call to each (when set), and returns the volumes made and the failures.
+func (r *runner) createSet(ctx context.Context, tag string, n, conc int, each func(time.Duration, error)) ([]*trackedVolume, int) {
+	made := make([]*trackedVolume, n)
+	var failed atomic.Int64
+	parallel(ctx, n, conc, func(i int) {
+		tv, d, err := r.createVolume(ctx, r.createRequest(fmt.Sprintf("%s-%s-%d", r.cfg.Prefix, tag, i), r.cfg.CapacityBytes, nil))
+		if each != nil {
+			each(d, err)
+		}
+		if err == nil {
+			made[i] = tv
+		} else {
+			failed.Add(1)
+		}
+	})
 	var out []*trackedVolume
 	for _, tv := range made {
 		if tv != nil {
 			out = append(out, tv)
 		}
 	}
-	return out
+	return out, int(failed.Load())
 }
 
 // deleteMany deletes vols with conc callers and records the phase.
@@ -95,26 +107,15 @@ func (r *runner) deleteMany(ctx context.Context, phase string, vols []*trackedVo
 	})
 	elapsed := time.Since(start)
 	bar.end()
-	if !s.empty() {
+	if !s.empty() && phase != "" {
 		r.res.Phases = append(r.res.Phases, s.phase(phase, conc, elapsed))
 	}
 }
 
 // throughputPhases: CreateVolume and DeleteVolume, one caller and then
-// cfg.Concurrency callers, with the driver's RSS read around the
-// sequential creates.
+// cfg.Concurrency callers.
 func (r *runner) throughputPhases(ctx context.Context) error {
-	before, rssErr := r.measureRSS()
 	vols := r.createMany(ctx, PhaseCreateSequential, "seq", 1)
-	if rssErr == nil {
-		var after int64
-		if after, rssErr = r.measureRSS(); rssErr == nil {
-			r.res.RSS = RSS{Known: true, PID: r.res.RSS.PID, BeforeBytes: before, AfterBytes: after, Volumes: len(vols)}
-		}
-	}
-	if rssErr != nil {
-		r.res.RSS = RSS{Reason: rssErr.Error()}
-	}
 	r.deleteMany(ctx, PhaseDeleteSequential, vols, 1)
 	if ctx.Err() != nil {
 		return ctx.Err()
@@ -126,6 +127,56 @@ func (r *runner) throughputPhases(ctx context.Context) error {
 	}
 	vols = r.createMany(ctx, PhaseCreateConcurrent, "par", r.cfg.Concurrency)
 	r.deleteMany(ctx, PhaseDeleteConcurrent, vols, r.cfg.Concurrency)
+	return nil
+}
+
+// rssPhase reads the driver's memory with none of the bench's volumes,
+// with half of cfg.RSSVolumes and with all of them, and reports the slope
+// between the last two: the throughput phases before it have already
+// paid the driver's start-up growth (connections, caches, the store's
+// first pages), which a reading around the first creates would have
+// shown as a per-volume cost.
+func (r *runner) rssPhase(ctx context.Context) error {
+	n := r.cfg.RSSVolumes
+	if n == 0 {
+		r.res.RSS = RSS{Reason: "--rss-volumes is 0"}
+		return nil
+	}
+	before, err := r.measureRSS()
+	if err != nil {
+		r.res.RSS = RSS{Reason: err.Error()}
+		return nil
+	}
+	half := max(n/2, 1)
+	var vols []*trackedVolume
+	var failed int
+	add := func(tag string, k int) {
+		made, errs := r.createSet(ctx, tag, k, r.cfg.Concurrency, nil)
+		vols = append(vols, made...)
+		failed += errs
+	}
+	add("rss-a", half)
+	mid, errMid := r.measureRSS()
+	if n > half {
+		add("rss-b", n-half)
+	}
+	after, errAfter := r.measureRSS()
+	defer r.deleteMany(ctx, "", vols, r.cfg.Concurrency)
+	r.listPhase(ctx, len(vols))
+	switch {
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case failed > 0:
+		r.res.RSS = RSS{Reason: fmt.Sprintf("%d of the %d creates failed", failed, n)}
+	case errMid != nil || errAfter != nil:
+		r.res.RSS = RSS{Reason: errors.Join(errMid, errAfter).Error()}
+	default:
+		r.res.RSS = RSS{Known: true, PID: r.res.RSS.PID, BeforeBytes: before, MidBytes: mid, AfterBytes: after,
+			MidVolumes: half, Volumes: n}
+		if n > half {
+			r.res.RSS.BytesPerVolume = float64(after-mid) / float64(n-half)
+		}
+	}
 	return nil
 }
 
@@ -276,6 +327,9 @@ func (r *runner) dataPhases(ctx context.Context) error {
 	if err := os.MkdirAll(r.cfg.WorkDir, 0o750); err != nil {
 		return fmt.Errorf("--work-dir: %w", err)
 	}
+	// Copies of DataBytes take as long as the driver's disk needs, not a
+	// small call's --timeout; cleanup of what they made uses it too.
+	ctx = withCallTimeout(ctx, callTimeout{r.cfg.DataTimeout, "--data-timeout"})
 	failed := func(phase string, err error) {
 		r.res.Phases = append(r.res.Phases, Phase{Name: phase, Errors: 1, Concurrency: 1, FirstError: err.Error()})
 	}
@@ -375,8 +429,10 @@ func (r *runner) copyPhase(ctx context.Context, phase, tag string, src *csi.Volu
 		p.Note = "could not verify: " + err.Error()
 	case !ok:
 		p.Note = errVerify.Error()
+	case r.cfg.DropCaches:
+		p.Note = "data verified (sha256), read after dropping the page cache"
 	default:
-		p.Note = "data verified (sha256)"
+		p.Note = "data verified (sha256), read with the page cache as it was (no --drop-caches)"
 	}
 	r.res.Phases = append(r.res.Phases, p)
 }
@@ -396,6 +452,11 @@ func (r *runner) verify(ctx context.Context, vol *csi.Volume, name string, want 
 	a, err := r.attach(ctx, vol, name, stepTimes{})
 	if err != nil {
 		return false, err
+	}
+	if r.cfg.DropCaches {
+		if err := dropCaches(); err != nil {
+			return false, fmt.Errorf("--drop-caches: %w", err)
+		}
 	}
 	got, err := hashFile(ctx, a.dataPath, r.cfg.DataBytes)
 	if err != nil {
@@ -462,4 +523,11 @@ func (c ctxReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return c.r.Read(p)
+}
+
+// dropCaches writes dirty pages back and drops the clean page cache, so
+// that a read-back measures the disk, not memory (root only).
+func dropCaches() error {
+	unix.Sync()
+	return os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0)
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -18,8 +19,19 @@ func WriteTable(w io.Writer, r *Result) error {
 		fmt.Fprintf(w, " on node %s", r.Driver.NodeID)
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintf(w, "config    %d volumes of %s, %d concurrent callers, %d lifecycles, %s of data, %s access\n\n",
+	fmt.Fprintf(w, "config    %d volumes of %s, %d concurrent callers, %d lifecycles, %s of data, %s access\n",
 		c.Volumes, sizeOrDefault(c.CapacityBytes), c.Concurrency, c.LifecycleRuns, bytesStr(c.DataBytes), c.AccessType)
+	cache := "page cache kept (no --drop-caches)"
+	if c.DropCaches {
+		cache = "page cache dropped before read-backs (--drop-caches)"
+	}
+	fmt.Fprintf(w, "data      --data-timeout %s per call; %s\n", c.DataTimeout, cache)
+	// What the reader must know before trusting the figures comes first,
+	// not after the table.
+	for _, warn := range r.Warnings {
+		fmt.Fprintf(w, "WARNING   %s\n", warn)
+	}
+	fmt.Fprintln(w)
 
 	var table strings.Builder
 	tw := tabwriter.NewWriter(&table, 0, 8, 2, ' ', 0)
@@ -58,9 +70,23 @@ func WriteTable(w io.Writer, r *Result) error {
 		tw.Flush()
 	}
 	fmt.Fprintln(w)
+	if len(r.Ratios) > 0 {
+		keys := make([]string, 0, len(r.Ratios))
+		for k := range r.Ratios {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			fmt.Fprintf(w, "ratio        %s = %.2f\n", k, r.Ratios[k])
+		}
+	}
 	if r.RSS.Known {
-		fmt.Fprintf(w, "driver RSS   pid %d: %s before, %s after creating %d volumes (%s)\n", r.RSS.PID,
-			bytesStr(r.RSS.BeforeBytes), bytesStr(r.RSS.AfterBytes), r.RSS.Volumes, signedBytes(r.RSS.AfterBytes-r.RSS.BeforeBytes))
+		fmt.Fprintf(w, "driver RSS   pid %d: %s with none of the bench's volumes, %s with %d, %s with %d", r.RSS.PID,
+			bytesStr(r.RSS.BeforeBytes), bytesStr(r.RSS.MidBytes), r.RSS.MidVolumes, bytesStr(r.RSS.AfterBytes), r.RSS.Volumes)
+		if r.RSS.Volumes > r.RSS.MidVolumes {
+			fmt.Fprintf(w, ": %s per 1,000 volumes (slope from %d to %d)", signedBytes(int64(r.RSS.BytesPerVolume*1000)), r.RSS.MidVolumes, r.RSS.Volumes)
+		}
+		fmt.Fprintln(w)
 	} else {
 		fmt.Fprintf(w, "driver RSS   unknown: %s\n", r.RSS.Reason)
 	}

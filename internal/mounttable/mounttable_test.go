@@ -1,0 +1,66 @@
+package mounttable_test
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cairn-csi/cairn/internal/mounttable"
+	"github.com/cairn-csi/cairn/internal/testdriver"
+)
+
+// TestMain runs the tests in a private mount namespace: see
+// testdriver.MainInPrivateMounts for why.
+func TestMain(m *testing.M) { testdriver.MainInPrivateMounts(m, "internal/mounttable") }
+
+func TestReadFindsBindMountsByInode(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for mount(2)")
+	}
+	dir := t.TempDir()
+	src, other := filepath.Join(dir, "src"), filepath.Join(dir, "other")
+	targets := []string{filepath.Join(dir, "t1"), filepath.Join(dir, "t 2")} // mountinfo escapes the space
+	for _, p := range append([]string{src, other}, targets...) {
+		if err := os.Mkdir(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tgt := range targets {
+		if err := unix.Mount(src, tgt, "", unix.MS_BIND, ""); err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Unmount(tgt, unix.MNT_DETACH)
+	}
+	tbl, err := mounttable.Read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		path string
+		want []string
+	}{
+		{"bind-mounted twice", src, targets},
+		{"not mounted", other, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var st unix.Stat_t
+			if err := unix.Stat(tc.path, &st); err != nil {
+				t.Fatal(err)
+			}
+			got := slices.Sorted(slices.Values(tbl.Dir(st.Dev, st.Ino)))
+			if !slices.Equal(got, slices.Sorted(slices.Values(tc.want))) {
+				t.Fatalf("Dir(%s) = %q, want %q", tc.path, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestReadFileMissing(t *testing.T) {
+	if _, err := mounttable.ReadFile(filepath.Join(t.TempDir(), "none")); err == nil {
+		t.Fatal("want an error for a missing mountinfo")
+	}
+}
