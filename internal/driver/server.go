@@ -42,8 +42,10 @@ func (n nodeCapabilities) NodeGetCapabilities(ctx context.Context, req *csi.Node
 	return n.d.NodeGetCapabilities(ctx, req)
 }
 
-// logCalls logs every call. Requests pass through protosanitizer, which
-// blanks every field marked csi_secret, so secrets never reach the log.
+// logCalls logs every call. Requests pass through redacted: protosanitizer
+// blanks every field marked csi_secret, and credential-like keys of string
+// maps (volume_context's service-account tokens) are blanked too, so
+// secrets never reach the log.
 func (d *Driver) logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	start := time.Now()
 	// Rendering a message is most of a small call's CPU (and for a page of
