@@ -47,8 +47,12 @@ func TestSuite(t *testing.T) {
 	}{{"thin", true}, {"thick", false}} {
 		t.Run(tc.name, func(t *testing.T) {
 			testlvm.Require(t)
+			// One VG for all subtests, emptied of Cairn's LVs before each:
+			// under TCG every lvm2 command costs about a second, and a fresh
+			// VG takes eight of them.
+			b, vg := newTestPool(t, tc.thin, Options{})
 			backendtest.RunWith(t, func(t *testing.T) (backend.Backend, string) {
-				b, vg := newTestPool(t, tc.thin, Options{})
+				emptyVG(t, b)
 				return b, "/dev/" + vg
 			}, backendtest.Options{Leftover: func(t *testing.T, b backend.Backend, name string) {
 				p := poolOf(b)
@@ -62,6 +66,30 @@ func TestSuite(t *testing.T) {
 				testlvm.Run(t, "lvcreate", append(args, p.lvTarget())...)
 			}})
 		})
+	}
+}
+
+// emptyVG removes every LV of b's pool, and leaves the thin pool inactive
+// (active on its own it has a /dev/<vg> node, which would count as an
+// entry of the pool).
+func emptyVG(t *testing.T, b backend.Backend) {
+	t.Helper()
+	p := poolOf(b)
+	lvs, err := p.lvs(context.Background(), p.vg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"--quiet", "--yes"}
+	for _, lv := range lvs {
+		if p.ours(lv) {
+			args = append(args, p.vg+"/"+lv.Name)
+		}
+	}
+	if len(args) > 2 {
+		testlvm.Run(t, "lvremove", args...)
+	}
+	if p.thin != "" {
+		testlvm.Run(t, "lvchange", "--quiet", "--activate", "n", p.vg+"/"+p.thin)
 	}
 }
 
