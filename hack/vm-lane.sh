@@ -53,6 +53,7 @@ skip() {
 PKGS=(
   "sanity|./test/sanity|CAIRN_SANITY_TARGETS=dir/ext4-prjquota,dir/xfs-prjquota|^TestSanity\$"
   "sanity-lvm|./test/sanity|CAIRN_SANITY_TARGETS=lvm/thin-mount,lvm/thin-block|^TestSanity\$"
+  "crash-lvm|./test/crash|CAIRN_CRASH_TARGETS=lvm-thin|^TestCrash\$"
   "lvmpool|./internal/backend/lvmpool||^(TestSuite|TestThinPoolFull|TestReconcileLeavesUntaggedLVs)\$"
   "image|./test/image||^(TestOnlineExpansion|TestGrowAtStage|TestBlockExpansionLeavesWorkloadFilesystem)\$"
   "dirpool|./internal/backend/dirpool||^TestSuite\$/^(ext4-prjquota|xfs)\$;^(TestQuotaEnforced|TestQuotaPrivilegedWriter|TestProjectIDsUnique|TestQuotaRejectsZeroCapacity)\$"
@@ -87,6 +88,8 @@ for spec in "${PKGS[@]}"; do
   go test -c -o "$work/$name.test" "$pkg"
 done
 cp hack/vm-lane-guest.sh "$work/guest.sh"
+# The crash harness finds its kill points in the source (CAIRN_SRC_ROOT).
+mkdir -p "$work/src" && cp -r internal "$work/src/"
 echo "== vm lane: built in $((SECONDS - t0))s"
 
 # run_pkg NAME PKG ENV PATTERNS: one VM; writes $work/NAME.rc and NAME.log.
@@ -94,10 +97,10 @@ run_pkg() {
   local name=$1 pkg=$2 env=$3 patterns=$4 start=$SECONDS
   local left=$((lane_timeout - (SECONDS - t0)))
   [ "$left" -gt 30 ] || left=30
-  local -a pats passenv=(-e CAIRN_VM_LANE -e CAIRN_BINARY)
+  local -a pats passenv=(-e CAIRN_VM_LANE -e CAIRN_BINARY -e CAIRN_SRC_ROOT)
   IFS=';' read -r -a pats <<<"$patterns"
   (
-    export CAIRN_VM_LANE=1 CAIRN_BINARY="$work/cairn"
+    export CAIRN_VM_LANE=1 CAIRN_BINARY="$work/cairn" CAIRN_SRC_ROOT="$work/src"
     # ENV is one KEY=VALUE; the value may hold commas and =.
     if [ -n "$env" ]; then
       export "${env%%=*}=${env#*=}"
