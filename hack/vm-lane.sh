@@ -54,7 +54,7 @@ PKGS=(
   "sanity|./test/sanity|CAIRN_SANITY_TARGETS=dir/ext4-prjquota,dir/xfs-prjquota|^TestSanity\$"
   "sanity-lvm|./test/sanity|CAIRN_SANITY_TARGETS=lvm/thin-mount,lvm/thin-block|^TestSanity\$"
   "crash-lvm|./test/crash|CAIRN_CRASH_TARGETS=lvm-thin|^TestCrash\$"
-  "lvmbench|./test/lvmbench||^TestLVMThinVsImage\$"
+  "lvm|./test/lvm||^(TestSnapshotWhileWriting|TestLVMThinVsImage)\$"
   "lvmpool|./internal/backend/lvmpool||^(TestSuite|TestThinPoolFull|TestReconcileLeavesUntaggedLVs)\$"
   "image|./test/image||^(TestOnlineExpansion|TestGrowAtStage|TestBlockExpansionLeavesWorkloadFilesystem)\$"
   "dirpool|./internal/backend/dirpool||^TestSuite\$/^(ext4-prjquota|xfs)\$;^(TestQuotaEnforced|TestQuotaPrivilegedWriter|TestProjectIDsUnique|TestQuotaRejectsZeroCapacity)\$"

@@ -1,4 +1,9 @@
-// Package lvmbench measures an LVM thin pool side by side with the image
+// Package lvm tests the lvm pool end to end, through CSI calls to the
+// real cairn binary, where the backend suite and csi-sanity cannot: a
+// snapshot and a clone taken under a live writer hold a consistent
+// filesystem (consistency_test.go), and the measurements below.
+//
+// bench_test.go measures an LVM thin pool side by side with the image
 // pool, through CSI calls to the real cairn binary: CreateVolume,
 // NodeStageVolume+NodePublishVolume, CreateSnapshot, a clone
 // (CreateVolume from a volume) and an expansion (ControllerExpandVolume
@@ -14,7 +19,7 @@
 // LVM needs device-mapper, so this runs in the VM lane (hack/vm-lane.sh),
 // where TCG makes every figure several times slower than on hardware;
 // compare the columns, not the absolute times.
-package lvmbench
+package lvm
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package lvmbench
+package lvm
 
 import (
 	"testing"
@@ -8,4 +8,4 @@ import (
 
 // TestMain runs the tests in a private mount namespace: see
 // testdriver.MainInPrivateMounts for why.
-func TestMain(m *testing.M) { testdriver.MainInPrivateMounts(m, "test/lvmbench") }
+func TestMain(m *testing.M) { testdriver.MainInPrivateMounts(m, "test/lvm") }
