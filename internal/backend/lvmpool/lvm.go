@@ -48,6 +48,9 @@ func classify(name string, args []string, stderr string, err error) error {
 	case strings.Contains(stderr, "insufficient free space"), strings.Contains(stderr, "Insufficient free space"),
 		strings.Contains(stderr, "out of data space"), strings.Contains(stderr, "out of metadata space"):
 		return fmt.Errorf("%s: %w", msg, errdefs.ErrResourceExhausted)
+	case strings.Contains(stderr, " in use"), strings.Contains(stderr, "is open"):
+		// Deactivating or removing an LV that is mounted or held open.
+		return fmt.Errorf("%s: %w", msg, errdefs.ErrFailedPrecondition)
 	case errors.Is(err, exec.ErrNotFound):
 		return fmt.Errorf("%s (is lvm2 installed?): %w", msg, errdefs.ErrFailedPrecondition)
 	}

@@ -159,10 +159,12 @@ func TestClassify(t *testing.T) {
 		{`Volume group "nope" not found`, errdefs.ErrNotFound},
 		{`Logical Volume "vol-a" already exists in volume group "vgt"`, errdefs.ErrAlreadyExists},
 		{`Volume group "vgt" has insufficient free space (203 extents): 500 required.`, errdefs.ErrResourceExhausted},
+		{`Logical volume vgt/vol-a in use.`, errdefs.ErrFailedPrecondition},
+		{`Logical volume vgt/vol-a contains a filesystem in use.`, errdefs.ErrFailedPrecondition},
 		{`Thin pool vgt-tp-tpool (254:2) transaction_id is 5, while expected 6.`, nil},
 	} {
 		err := classify("lvs", nil, tc.stderr, errors.New("exit status 5"))
-		for _, c := range []error{errdefs.ErrNotFound, errdefs.ErrAlreadyExists, errdefs.ErrResourceExhausted} {
+		for _, c := range []error{errdefs.ErrNotFound, errdefs.ErrAlreadyExists, errdefs.ErrResourceExhausted, errdefs.ErrFailedPrecondition} {
 			if errors.Is(err, c) != (c == tc.class) {
 				t.Errorf("classify(%q) = %v, class %v", tc.stderr, err, tc.class)
 			}
