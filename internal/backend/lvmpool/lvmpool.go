@@ -178,12 +178,53 @@ func (p *Pool) lvs(ctx context.Context, target string) ([]LV, error) {
 	return ParseLVs(out)
 }
 
+// A view caches the VG's LV listing for the length of one call, so that
+// the checks before a change (does the LV exist, is it ours, is there a
+// leftover, how full is the thin pool) cost one lvs instead of one each:
+// under load every lvm2 command costs a second or more. Any command that
+// changes the VG (mutate) drops the cache.
+type viewKey struct{}
+
+type view struct {
+	lvs   []LV
+	valid bool
+}
+
+func withView(ctx context.Context) context.Context {
+	if _, ok := ctx.Value(viewKey{}).(*view); ok {
+		return ctx
+	}
+	return context.WithValue(ctx, viewKey{}, &view{})
+}
+
+// all lists the VG's LVs, from the call's view when it has one.
+func (p *Pool) all(ctx context.Context) ([]LV, error) {
+	v, _ := ctx.Value(viewKey{}).(*view)
+	if v != nil && v.valid {
+		return v.lvs, nil
+	}
+	lvs, err := p.lvs(ctx, p.vg)
+	if err != nil {
+		return nil, fmt.Errorf("lvm pool %s: %w", p.spec, err)
+	}
+	if v != nil {
+		v.lvs, v.valid = lvs, true
+	}
+	return lvs, nil
+}
+
+// mutate runs an lvm2 command that changes the VG.
+func (p *Pool) mutate(ctx context.Context, name string, args ...string) error {
+	if v, _ := ctx.Value(viewKey{}).(*view); v != nil {
+		v.valid = false
+	}
+	_, err := p.run(ctx, name, args...)
+	return err
+}
+
 // get returns LV name of the VG; ok is false if there is none.
 func (p *Pool) get(ctx context.Context, name string) (LV, bool, error) {
-	lvs, err := p.lvs(ctx, p.vg+"/"+name)
-	if errdefs.Is(err, errdefs.ErrNotFound) {
-		return LV{}, false, nil
-	}
+	lvs, err := p.all(ctx)
 	if err != nil {
 		return LV{}, false, err
 	}
@@ -324,6 +365,7 @@ func (p *Pool) overFull(tp LV) (bool, string, float64) {
 // blocks and are not counted); nothing at all once its data or metadata
 // use reaches the full threshold.
 func (p *Pool) Capacity(ctx context.Context) (backend.Capacity, error) {
+	ctx = withView(ctx)
 	if p.thin == "" {
 		vg, err := p.vgInfo(ctx)
 		if err != nil {
@@ -341,7 +383,7 @@ func (p *Pool) thinCapacity(ctx context.Context) (backend.Capacity, LV, error) {
 	if err != nil {
 		return backend.Capacity{}, tp, err
 	}
-	all, err := p.lvs(ctx, p.vg)
+	all, err := p.all(ctx)
 	if err != nil {
 		return backend.Capacity{}, tp, err
 	}
@@ -410,6 +452,9 @@ func roundSize(want, floor, limit, extent int64) (int64, error) {
 }
 
 func (p *Pool) extentSize(ctx context.Context) (int64, error) {
+	if lvs, err := p.all(ctx); err == nil && len(lvs) > 0 && lvs[0].ExtentSz > 0 {
+		return lvs[0].ExtentSz, nil
+	}
 	vg, err := p.vgInfo(ctx)
 	return vg.ExtentSz, err
 }
@@ -420,6 +465,7 @@ func bytesArg(n int64) string { return strconv.FormatInt(n, 10) + "b" }
 // new-<id> with Cairn's tags, renamed to <id>, and then committed; a
 // crash leaves a new-* LV (or an uncommitted <id>) that Reconcile removes.
 func (p *Pool) CreateVolume(ctx context.Context, id string, spec backend.Spec, commit func(backend.Volume) error) (backend.Volume, error) {
+	ctx = withView(ctx)
 	if err := checkName(id); err != nil {
 		return backend.Volume{}, fmt.Errorf("create volume: %w", err)
 	}
@@ -442,7 +488,7 @@ func (p *Pool) CreateVolume(ctx context.Context, id string, spec backend.Spec, c
 		}
 		args = append(args, p.tags(kindVolume)...)
 		args = append(args, p.lvTarget())
-		_, err := p.run(ctx, "lvcreate", args...)
+		err := p.mutate(ctx, "lvcreate", args...)
 		return err
 	}, commit)
 }
@@ -505,7 +551,7 @@ func (p *Pool) create(ctx context.Context, id string, spec backend.Spec, size in
 }
 
 func (p *Pool) rename(ctx context.Context, from, to string) error {
-	_, err := p.run(ctx, "lvrename", "--quiet", p.vg, from, to)
+	err := p.mutate(ctx, "lvrename", "--quiet", p.vg, from, to)
 	return err
 }
 
@@ -519,7 +565,7 @@ func (p *Pool) removeOwned(ctx context.Context, name string) error {
 	if !p.ours(lv) {
 		return fmt.Errorf("LV %s/%s is not Cairn's; not removing it: %w", p.vg, name, errdefs.ErrFailedPrecondition)
 	}
-	_, err = p.run(ctx, "lvremove", "--yes", "--quiet", p.vg+"/"+name)
+	err = p.mutate(ctx, "lvremove", "--yes", "--quiet", p.vg+"/"+name)
 	return err
 }
 
@@ -531,6 +577,7 @@ func (p *Pool) DeleteVolume(ctx context.Context, id string, commit func() error)
 }
 
 func (p *Pool) delete(ctx context.Context, id, kind string, commit func() error) error {
+	ctx = withView(ctx)
 	if checkName(id) != nil {
 		return commit() // no LV can have this name
 	}
@@ -549,7 +596,7 @@ func (p *Pool) delete(ctx context.Context, id, kind string, commit func() error)
 		if lv.Active && kind == kindVolume {
 			// Deactivate first: an LV still open (mounted, in use) fails
 			// here, before anything changed, rather than after the commit.
-			if _, err := p.run(ctx, "lvchange", "--quiet", "--activate", "n", p.vg+"/"+id); err != nil {
+			if err := p.mutate(ctx, "lvchange", "--quiet", "--activate", "n", p.vg+"/"+id); err != nil {
 				return fmt.Errorf("delete %s %s: deactivate (is it still staged or open?): %w", kind, id, err)
 			}
 		}
@@ -571,7 +618,8 @@ func (p *Pool) delete(ctx context.Context, id, kind string, commit func() error)
 	}
 	crashpoint.Hit("delete:committed")
 	if renamed {
-		if err := p.removeOwned(ctx, doomed); err != nil {
+		// Ours: this call tagged-checked and renamed it.
+		if err := p.mutate(ctx, "lvremove", "--yes", "--quiet", p.vg+"/"+doomed); err != nil {
 			return fmt.Errorf("removing %s/%s after commit (reconcile will retry): %w", p.vg, doomed, err)
 		}
 	}
@@ -579,7 +627,7 @@ func (p *Pool) delete(ctx context.Context, id, kind string, commit func() error)
 }
 
 func (p *Pool) activate(ctx context.Context, name string) error {
-	_, err := p.run(ctx, "lvchange", "--quiet", "--activate", "y", "--ignoreactivationskip", p.vg+"/"+name)
+	err := p.mutate(ctx, "lvchange", "--quiet", "--activate", "y", "--ignoreactivationskip", p.vg+"/"+name)
 	return err
 }
 
@@ -634,6 +682,7 @@ func (p *Pool) Usage(ctx context.Context, id string) (backend.Usage, error) {
 // ExpandVolume implements backend.Expander with lvextend. The filesystem
 // inside is grown by the node (NodeExpandVolume), online.
 func (p *Pool) ExpandVolume(ctx context.Context, id string, newBytes int64) (int64, error) {
+	ctx = withView(ctx)
 	if checkName(id) != nil {
 		return 0, fmt.Errorf("volume %s: %w", id, errdefs.ErrNotFound)
 	}
@@ -656,7 +705,7 @@ func (p *Pool) ExpandVolume(ctx context.Context, id string, newBytes int64) (int
 	if err := p.room(ctx, want-lv.Size); err != nil {
 		return 0, fmt.Errorf("expand volume %s: %w", id, err)
 	}
-	if _, err := p.run(ctx, "lvextend", "--quiet", "--size", bytesArg(want), p.vg+"/"+id); err != nil {
+	if err := p.mutate(ctx, "lvextend", "--quiet", "--size", bytesArg(want), p.vg+"/"+id); err != nil {
 		return 0, fmt.Errorf("expand volume %s to %d bytes: %w", id, want, err)
 	}
 	return want, nil
@@ -698,7 +747,7 @@ func (p *Pool) Reconcile(ctx context.Context, inv backend.Inventory) (backend.Re
 			present[kind+"/"+id] = true
 			continue
 		}
-		if _, err := p.run(ctx, "lvremove", "--yes", "--quiet", p.vg+"/"+lv.Name); err != nil {
+		if err := p.mutate(ctx, "lvremove", "--yes", "--quiet", p.vg+"/"+lv.Name); err != nil {
 			rep.Errors = append(rep.Errors, fmt.Sprintf("%s/%s: %v", p.vg, lv.Name, err))
 			continue
 		}
@@ -724,6 +773,7 @@ func (p *Pool) Reconcile(ctx context.Context, inv backend.Inventory) (backend.Re
 // live volume holds a consistent filesystem. Snapshots keep lvm2's
 // activation-skip flag: they take no device-mapper device until restored.
 func (p *ThinPool) CreateSnapshot(ctx context.Context, snapID, volID string, commit func(backend.Snapshot) error) (backend.Snapshot, error) {
+	ctx = withView(ctx)
 	s := backend.Snapshot{ID: snapID, VolumeID: volID}
 	if err := checkName(snapID); err != nil {
 		return s, fmt.Errorf("create snapshot: %w", err)
@@ -765,7 +815,7 @@ func (p *ThinPool) CreateSnapshot(ctx context.Context, snapID, volID string, com
 		args := []string{"--yes", "--quiet", "--snapshot", "--setactivationskip", "y", "--name", tmp}
 		args = append(args, p.tags(kindSnapshot, TagSource+"="+volID, TagCreated+"="+strconv.FormatInt(s.CreatedAt.Unix(), 10))...)
 		args = append(args, p.vg+"/"+volID)
-		if _, err := p.run(ctx, "lvcreate", args...); err != nil {
+		if err := p.mutate(ctx, "lvcreate", args...); err != nil {
 			if rmErr := p.removeOwned(context.WithoutCancel(ctx), tmp); rmErr != nil {
 				err = errors.Join(err, rmErr)
 			}
@@ -805,6 +855,7 @@ func (p *ThinPool) DeleteSnapshot(ctx context.Context, snapID string, commit fun
 // snapshot of the snapshot or volume (O(1)), lvextended to the requested
 // size. The filesystem inside keeps its size until the node grows it.
 func (p *ThinPool) CreateVolumeFrom(ctx context.Context, id string, spec backend.Spec, src backend.ContentSource, commit func(backend.Volume) error) (backend.Volume, error) {
+	ctx = withView(ctx)
 	if err := checkName(id); err != nil {
 		return backend.Volume{}, fmt.Errorf("create volume: %w", err)
 	}
@@ -835,14 +886,13 @@ func (p *ThinPool) CreateVolumeFrom(ctx context.Context, id string, spec backend
 		args := []string{"--yes", "--quiet", "--snapshot", "--setactivationskip", "n", "--name", tmp}
 		args = append(args, p.tags(kindVolume)...)
 		args = append(args, p.vg+"/"+from)
-		if _, err := p.run(ctx, "lvcreate", args...); err != nil {
+		if err := p.mutate(ctx, "lvcreate", args...); err != nil {
 			return err
 		}
 		if size > fromLV.Size {
-			if _, err := p.run(ctx, "lvextend", "--quiet", "--size", bytesArg(size), p.vg+"/"+tmp); err != nil {
-				return err
-			}
+			// lvcreate activated it (activation skip is off).
+			return p.mutate(ctx, "lvextend", "--quiet", "--size", bytesArg(size), p.vg+"/"+tmp)
 		}
-		return p.activate(ctx, tmp)
+		return nil
 	}, commit)
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cairn-csi/cairn/internal/backend"
 	"github.com/cairn-csi/cairn/internal/errdefs"
 )
 
@@ -257,5 +258,33 @@ func TestNewSaysWhatIsMissing(t *testing.T) {
 	_, err := New(ctx, "vgx", Options{Run: noVG})
 	if !errdefs.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), `volume group "vgx" not found`) {
 		t.Errorf("New(vgx) = %v", err)
+	}
+}
+
+// TestCreateCommands pins how many lvm2 commands a thin CreateVolume
+// runs: one listing for every check, then lvcreate and lvrename. Under
+// TCG each costs a second or more, and csi-sanity creates hundreds.
+func TestCreateCommands(t *testing.T) {
+	ctx := context.Background()
+	var cmds []string
+	fake := fakeLVM(lvsThin, vgsReport)
+	run := func(ctx context.Context, name string, args ...string) ([]byte, error) {
+		cmds = append(cmds, name)
+		if name == "lvcreate" || name == "lvrename" {
+			return nil, nil
+		}
+		return fake(ctx, name, args...)
+	}
+	b, err := New(ctx, "vgt/tp", Options{FullPercent: 95, Run: run})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmds = nil
+	v, err := b.CreateVolume(ctx, "vol-new", backend.Spec{CapacityBytes: 5 << 20}, func(backend.Volume) error { return nil })
+	if err != nil || v.CapacityBytes != 8<<20 {
+		t.Fatalf("CreateVolume = %+v, %v; want 8 MiB (two 4 MiB extents)", v, err)
+	}
+	if got := strings.Join(cmds, ","); got != "lvs,lvcreate,lvrename" {
+		t.Errorf("CreateVolume ran %s, want lvs,lvcreate,lvrename", got)
 	}
 }
