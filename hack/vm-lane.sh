@@ -21,7 +21,8 @@
 #
 # Environment:
 #   CAIRN_VM_DIR           the VM scripts (default ../shared/vm)
-#   CAIRN_VM_LANE_TIMEOUT  seconds for the whole lane (default 900)
+#   CAIRN_VM_LANE_TIMEOUT  seconds for the whole lane (default 2400: the lvm
+#                          packages run lvm2 commands, about a second each under TCG)
 #   CAIRN_VM_LANE_JOBS     VMs at a time (default 2)
 #   CAIRN_VM_LANE_ONLY     run only the packages whose name matches this regexp
 #   CAIRN_VM_LANE_KEEP=1   keep the work dir: binaries, each run's test2json output, VM logs
@@ -36,7 +37,7 @@ cd "$(dirname "$0")/.."
 repo=$PWD
 
 vmdir=${CAIRN_VM_DIR:-../shared/vm}
-lane_timeout=${CAIRN_VM_LANE_TIMEOUT:-900}
+lane_timeout=${CAIRN_VM_LANE_TIMEOUT:-2400}
 jobs=${CAIRN_VM_LANE_JOBS:-2}
 cache=${VM_CACHE:-/var/cache/cairn-vm}
 t0=$SECONDS
@@ -51,10 +52,10 @@ skip() {
 # that needs device-mapper (LVM thin, dm-crypt) adds its package here: the
 # VM has lvm2, thin-provisioning-tools and cryptsetup, and loop devices.
 PKGS=(
-  "sanity|./test/sanity|CAIRN_SANITY_TARGETS=dir/ext4-prjquota,dir/xfs-prjquota|^TestSanity\$"
+  "crash-lvm|./test/crash|CAIRN_CRASH_TARGETS=lvm-thin|^TestCrash\$"
   "sanity-lvm-mount|./test/sanity|CAIRN_SANITY_TARGETS=lvm/thin-mount|^TestSanity\$"
   "sanity-lvm-block|./test/sanity|CAIRN_SANITY_TARGETS=lvm/thin-block|^TestSanity\$"
-  "crash-lvm|./test/crash|CAIRN_CRASH_TARGETS=lvm-thin|^TestCrash\$"
+  "sanity|./test/sanity|CAIRN_SANITY_TARGETS=dir/ext4-prjquota,dir/xfs-prjquota|^TestSanity\$"
   "lvm|./test/lvm||^(TestSnapshotWhileWriting|TestLVMThinVsImage)\$"
   "lvmpool|./internal/backend/lvmpool||^(TestSuite|TestThinPoolFull|TestReconcileLeavesUntaggedLVs)\$"
   "image|./test/image||^(TestOnlineExpansion|TestGrowAtStage|TestBlockExpansionLeavesWorkloadFilesystem)\$"

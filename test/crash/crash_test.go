@@ -152,7 +152,7 @@ func TestCrash(t *testing.T) {
 	testfs.RequireRoot(t)
 	seed := envInt("CAIRN_CRASH_SEED", time.Now().UnixNano())
 	// A run of selected targets (the VM lane's, under TCG) is short by default.
-	kills := int(envInt("CAIRN_CRASH_KILLS", map[bool]int64{true: 200, false: 20}[os.Getenv("CAIRN_CRASH_TARGETS") == ""]))
+	kills := int(envInt("CAIRN_CRASH_KILLS", map[bool]int64{true: 200, false: 5}[os.Getenv("CAIRN_CRASH_TARGETS") == ""]))
 	t.Logf("seed %d (replay: CAIRN_CRASH_SEED=%d), %d random kills in all", seed, seed, kills)
 
 	types := poolTypes(t)
