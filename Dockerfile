@@ -35,9 +35,11 @@ FROM debian:bookworm-slim
 #   btrfs-progs  btrfs subvolume/qgroup (btrfs pools; btrfs image filesystems)
 #   util-linux   losetup, blkid, findmnt, fsfreeze, blockdev
 #   mount        mount, umount
+#   lvm2         lvs, lvcreate, lvremove, ... (lvm pools; thin pools need
+#                thin-provisioning-tools on the host, which activates them)
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      e2fsprogs xfsprogs btrfs-progs util-linux mount \
+      e2fsprogs xfsprogs btrfs-progs util-linux mount lvm2 \
  && rm -rf /var/lib/apt/lists/*
 
 COPY --from=build /out/cairn /out/cairnctl /usr/local/bin/

@@ -21,7 +21,8 @@
 #
 # Environment:
 #   CAIRN_VM_DIR           the VM scripts (default ../shared/vm)
-#   CAIRN_VM_LANE_TIMEOUT  seconds for the whole lane (default 900)
+#   CAIRN_VM_LANE_TIMEOUT  seconds for the whole lane (default 2400: the lvm
+#                          packages run lvm2 commands, about a second each under TCG)
 #   CAIRN_VM_LANE_JOBS     VMs at a time (default 2)
 #   CAIRN_VM_LANE_ONLY     run only the packages whose name matches this regexp
 #   CAIRN_VM_LANE_KEEP=1   keep the work dir: binaries, each run's test2json output, VM logs
@@ -36,7 +37,7 @@ cd "$(dirname "$0")/.."
 repo=$PWD
 
 vmdir=${CAIRN_VM_DIR:-../shared/vm}
-lane_timeout=${CAIRN_VM_LANE_TIMEOUT:-900}
+lane_timeout=${CAIRN_VM_LANE_TIMEOUT:-2400}
 jobs=${CAIRN_VM_LANE_JOBS:-2}
 cache=${VM_CACHE:-/var/cache/cairn-vm}
 t0=$SECONDS
@@ -51,7 +52,12 @@ skip() {
 # that needs device-mapper (LVM thin, dm-crypt) adds its package here: the
 # VM has lvm2, thin-provisioning-tools and cryptsetup, and loop devices.
 PKGS=(
+  "crash-lvm|./test/crash|CAIRN_CRASH_TARGETS=lvm-thin|^TestCrash\$"
+  "sanity-lvm-mount|./test/sanity|CAIRN_SANITY_TARGETS=lvm/thin-mount|^TestSanity\$"
+  "sanity-lvm-block|./test/sanity|CAIRN_SANITY_TARGETS=lvm/thin-block|^TestSanity\$"
   "sanity|./test/sanity|CAIRN_SANITY_TARGETS=dir/ext4-prjquota,dir/xfs-prjquota,image/luks|^TestSanity\$"
+  "lvm|./test/lvm||^TestSnapshotWhileWriting\$"
+  "lvmpool|./internal/backend/lvmpool||^(TestSuite|TestThinPoolFull|TestReconcileLeavesUntaggedLVs)\$"
   "image|./test/image||^(TestOnlineExpansion|TestGrowAtStage|TestBlockExpansionLeavesWorkloadFilesystem|TestLUKSVolumes)\$"
   "dirpool|./internal/backend/dirpool||^TestSuite\$/^(ext4-prjquota|xfs)\$;^(TestQuotaEnforced|TestQuotaPrivilegedWriter|TestProjectIDsUnique|TestQuotaRejectsZeroCapacity)\$"
   "projquota|./internal/projquota||."
@@ -85,6 +91,8 @@ for spec in "${PKGS[@]}"; do
   go test -c -o "$work/$name.test" "$pkg"
 done
 cp hack/vm-lane-guest.sh "$work/guest.sh"
+# The crash harness finds its kill points in the source (CAIRN_SRC_ROOT).
+mkdir -p "$work/src" && cp -r internal "$work/src/"
 echo "== vm lane: built in $((SECONDS - t0))s"
 
 # run_pkg NAME PKG ENV PATTERNS: one VM; writes $work/NAME.rc and NAME.log.
@@ -92,10 +100,13 @@ run_pkg() {
   local name=$1 pkg=$2 env=$3 patterns=$4 start=$SECONDS
   local left=$((lane_timeout - (SECONDS - t0)))
   [ "$left" -gt 30 ] || left=30
-  local -a pats passenv=(-e CAIRN_VM_LANE -e CAIRN_BINARY)
+  local -a pats passenv=(-e CAIRN_VM_LANE -e CAIRN_BINARY -e CAIRN_SRC_ROOT -e CAIRN_VM_TEST_TIMEOUT)
   IFS=';' read -r -a pats <<<"$patterns"
   (
-    export CAIRN_VM_LANE=1 CAIRN_BINARY="$work/cairn"
+    export CAIRN_VM_LANE=1 CAIRN_BINARY="$work/cairn" CAIRN_SRC_ROOT="$work/src"
+    # The lane's timeout is the guard; a test binary's own (-test.timeout)
+    # only has to end before it, so that the VM still reports.
+    export CAIRN_VM_TEST_TIMEOUT="$((left > 60 ? left - 30 : 30))s"
     # ENV is one KEY=VALUE; the value may hold commas and =.
     if [ -n "$env" ]; then
       export "${env%%=*}=${env#*=}"

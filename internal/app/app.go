@@ -29,6 +29,7 @@ import (
 	utilexec "k8s.io/utils/exec"
 
 	"github.com/cairn-csi/cairn/internal/backend/staging"
+	"github.com/cairn-csi/cairn/internal/backend/lvmpool"
 	"github.com/cairn-csi/cairn/internal/driver"
 	"github.com/cairn-csi/cairn/internal/endpoint"
 	"github.com/cairn-csi/cairn/internal/kubeletreg"
@@ -57,6 +58,8 @@ type Config struct {
 	TLSCertFile             string
 	TLSKeyFile              string
 	TLSClientCAFile         string
+	LVMOverProvisionRatio   float64
+	LVMFullPercent          float64
 }
 
 // Version is the module version from the build info ("(devel)" in a
@@ -100,6 +103,8 @@ func Parse(args []string, getenv func(string) string, stderr io.Writer) (Config,
 	fs.StringVar(&c.TLSCertFile, "tls-cert-file", "", "server certificate (tcp:// endpoints)")
 	fs.StringVar(&c.TLSKeyFile, "tls-key-file", "", "server key (tcp:// endpoints)")
 	fs.StringVar(&c.TLSClientCAFile, "tls-client-ca-file", "", "CA that client certificates must chain to (tcp:// endpoints)")
+	fs.Float64Var(&c.LVMOverProvisionRatio, "lvm-thin-overprovision-ratio", lvmpool.DefaultOverProvisionRatio, "lvm thin pools: the sum of volume sizes may reach this multiple of the thin pool's size (1: no over-provisioning)")
+	fs.Float64Var(&c.LVMFullPercent, "lvm-thin-full-percent", lvmpool.DefaultFullPercent, "lvm thin pools: refuse new volumes, clones, snapshots and expansions once data or metadata use reaches this percentage")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -240,7 +245,7 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 	if err := c.MkfsOptions.check(pools); err != nil {
 		return err
 	}
-	dpools, err := openPools(ctx, pools, c.MkfsOptions, log)
+	dpools, err := openPools(ctx, pools, c.MkfsOptions, poolOptions{LVMOverProvisionRatio: c.LVMOverProvisionRatio, LVMFullPercent: c.LVMFullPercent}, log)
 	if err != nil {
 		return err
 	}

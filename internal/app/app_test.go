@@ -33,6 +33,8 @@ func TestParseDefaults(t *testing.T) {
 		PluginRegistrationDir: "/var/lib/kubelet/plugins_registry",
 		ControllerExpansion:   true,
 		ShutdownTimeout:       30 * time.Second,
+		LVMOverProvisionRatio: 1,
+		LVMFullPercent:        90,
 	}
 	if !configEqual(c, want) {
 		t.Errorf("defaults:\n got %+v\nwant %+v", c, want)
@@ -61,13 +63,15 @@ func TestParseFlagsAndEnv(t *testing.T) {
 				"--metrics-address", "127.0.0.1:9808", "--controller-expansion=false", "--socket-group", "csi",
 				"--max-volumes-per-node", "7", "--shutdown-timeout", "3s", "--tls-cert-file", "/c",
 				"--tls-key-file", "/k", "--tls-client-ca-file", "/ca", "--kubelet-registration-path", "/k/csi.sock",
-				"--plugin-registration-dir", "/r", "--version"},
+				"--plugin-registration-dir", "/r", "--version",
+				"--lvm-thin-overprovision-ratio", "2.5", "--lvm-thin-full-percent", "80"},
 			check: func(t *testing.T, c Config) {
 				want := Config{Endpoint: "tcp://127.0.0.1:1", NodeID: "n1", DriverName: "x.example.com", DataDir: "/d",
 					Mode: "node", LogFormat: "json", LogLevel: "debug", ShowVersion: true, MetricsAddress: "127.0.0.1:9808",
 					KubeletRegistrationPath: "/k/csi.sock", PluginRegistrationDir: "/r", ControllerExpansion: false,
 					SocketGroup: "csi", MaxVolumesPerNode: 7, ShutdownTimeout: 3 * time.Second,
-					TLSCertFile: "/c", TLSKeyFile: "/k", TLSClientCAFile: "/ca"}
+					TLSCertFile: "/c", TLSKeyFile: "/k", TLSClientCAFile: "/ca",
+					LVMOverProvisionRatio: 2.5, LVMFullPercent: 80}
 				if !configEqual(c, want) {
 					t.Errorf("\n got %+v\nwant %+v", c, want)
 				}

@@ -14,6 +14,7 @@ import (
 	"github.com/cairn-csi/cairn/internal/backend/btrfspool"
 	"github.com/cairn-csi/cairn/internal/backend/dirpool"
 	"github.com/cairn-csi/cairn/internal/backend/imagepool"
+	"github.com/cairn-csi/cairn/internal/backend/lvmpool"
 	"github.com/cairn-csi/cairn/internal/driver"
 	"github.com/cairn-csi/cairn/internal/loopdev"
 )
@@ -46,7 +47,12 @@ func (p *poolFlags) Set(v string) error {
 	if _, ok := poolTypes[typ]; !ok {
 		return fmt.Errorf("pool %q: unknown type %q (known: %s)", name, typ, strings.Join(PoolTypes(), ", "))
 	}
-	if !filepath.IsAbs(path) {
+	if typ == lvmpool.Type {
+		// An LVM pool's "path" is VG or VG/THINPOOL, not a directory.
+		if _, _, err := lvmpool.ParseSpec(path); err != nil {
+			return fmt.Errorf("pool %q: %w", name, err)
+		}
+	} else if !filepath.IsAbs(path) {
 		return fmt.Errorf("pool %q: path %q must be absolute", name, path)
 	}
 	for _, s := range *p {
@@ -54,20 +60,32 @@ func (p *poolFlags) Set(v string) error {
 			return fmt.Errorf("pool %q given twice", name)
 		}
 	}
-	*p = append(*p, poolSpec{Name: name, Type: typ, Path: filepath.Clean(path)})
+	if typ != lvmpool.Type {
+		path = filepath.Clean(path)
+	}
+	*p = append(*p, poolSpec{Name: name, Type: typ, Path: path})
 	return nil
 }
 
+// poolOptions are the flags that tune pools of one type.
+type poolOptions struct {
+	LVMOverProvisionRatio float64 // --lvm-thin-overprovision-ratio
+	LVMFullPercent        float64 // --lvm-thin-full-percent
+}
+
 // poolTypes maps each pool type to its constructor.
-var poolTypes = map[string]func(ctx context.Context, path string, log *slog.Logger) (backend.Backend, error){
-	btrfspool.Type: func(ctx context.Context, path string, log *slog.Logger) (backend.Backend, error) {
+var poolTypes = map[string]func(ctx context.Context, path string, o poolOptions, log *slog.Logger) (backend.Backend, error){
+	btrfspool.Type: func(ctx context.Context, path string, _ poolOptions, log *slog.Logger) (backend.Backend, error) {
 		return btrfspool.New(ctx, path, log)
 	},
-	dirpool.Type: func(ctx context.Context, path string, log *slog.Logger) (backend.Backend, error) {
+	dirpool.Type: func(ctx context.Context, path string, _ poolOptions, log *slog.Logger) (backend.Backend, error) {
 		return dirpool.NewWithLogger(ctx, path, log)
 	},
-	imagepool.Type: func(ctx context.Context, path string, log *slog.Logger) (backend.Backend, error) {
+	imagepool.Type: func(ctx context.Context, path string, _ poolOptions, log *slog.Logger) (backend.Backend, error) {
 		return imagepool.New(ctx, path, log)
+	},
+	lvmpool.Type: func(ctx context.Context, spec string, o poolOptions, log *slog.Logger) (backend.Backend, error) {
+		return lvmpool.New(ctx, spec, lvmpool.Options{OverProvisionRatio: o.LVMOverProvisionRatio, FullPercent: o.LVMFullPercent, Log: log})
 	},
 }
 
@@ -132,10 +150,10 @@ func (m mkfsFlags) check(pools poolFlags) error {
 	return nil
 }
 
-func openPools(ctx context.Context, specs poolFlags, mkfs mkfsFlags, log *slog.Logger) ([]driver.Pool, error) {
+func openPools(ctx context.Context, specs poolFlags, mkfs mkfsFlags, o poolOptions, log *slog.Logger) ([]driver.Pool, error) {
 	var out []driver.Pool
 	for _, s := range specs {
-		b, err := poolTypes[s.Type](ctx, s.Path, log.With("pool", s.Name))
+		b, err := poolTypes[s.Type](ctx, s.Path, o, log.With("pool", s.Name))
 		if err != nil {
 			return nil, fmt.Errorf("pool %s (%s at %s): %w", s.Name, s.Type, s.Path, err)
 		}
@@ -148,7 +166,11 @@ func openPools(ctx context.Context, specs poolFlags, mkfs mkfsFlags, log *slog.L
 		if !c.Enforced {
 			log.Warn("pool does not enforce volume sizes: a volume can use more than its capacity", "pool", s.Name, "type", s.Type)
 		}
-		out = append(out, driver.Pool{Name: s.Name, Backend: b, Root: s.Path, MkfsOptions: mkfs[s.Name]})
+		root := s.Path
+		if s.Type == lvmpool.Type {
+			root = "" // a VG, not a directory on the node
+		}
+		out = append(out, driver.Pool{Name: s.Name, Backend: b, Root: root, MkfsOptions: mkfs[s.Name]})
 	}
 	return out, nil
 }

@@ -24,6 +24,8 @@ func TestPoolFlagSet(t *testing.T) {
 		{in: "p=dir:/with=equals", want: poolSpec{"p", "dir", "/with=equals"}},
 		{in: strings.Repeat("a", 63) + "=dir:/x", want: poolSpec{strings.Repeat("a", 63), "dir", "/x"}},
 		{in: "0=dir:/x", want: poolSpec{"0", "dir", "/x"}},
+		{in: "thin=lvm:vg0/thinpool", want: poolSpec{"thin", "lvm", "vg0/thinpool"}},
+		{in: "thick=lvm:vg0", want: poolSpec{"thick", "lvm", "vg0"}},
 
 		{in: "", wantErr: "want name=type:path"},
 		{in: "nope", wantErr: "want name=type:path"},
@@ -43,6 +45,10 @@ func TestPoolFlagSet(t *testing.T) {
 		{in: "a=dir:", wantErr: "must be absolute"},
 		{in: "a=dir:relative/x", wantErr: "must be absolute"},
 		{in: "a=dir:./x", wantErr: "must be absolute"},
+		{in: "a=lvm:/dev/vg0", wantErr: "want VG or VG/THINPOOL"},
+		{in: "a=lvm:vg0/", wantErr: "thin pool name"},
+		{in: "a=lvm:vg0/a/b", wantErr: "thin pool name"},
+		{in: "a=lvm:", wantErr: "want VG or VG/THINPOOL"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
@@ -102,7 +108,7 @@ func TestOpenPoolsDir(t *testing.T) {
 	if err := p.Set("default=dir:" + root); err != nil {
 		t.Fatal(err)
 	}
-	pools, err := openPools(context.Background(), p, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	pools, err := openPools(context.Background(), p, nil, poolOptions{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +128,7 @@ func TestOpenPoolsFailure(t *testing.T) {
 	if err := p.Set("bad=dir:" + file + "/pool"); err != nil {
 		t.Fatal(err)
 	}
-	_, err := openPools(context.Background(), p, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	_, err := openPools(context.Background(), p, nil, poolOptions{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err == nil || !strings.Contains(err.Error(), "pool bad") {
 		t.Errorf("openPools over a file: err = %v, want one naming the pool", err)
 	}

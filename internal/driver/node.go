@@ -244,6 +244,10 @@ func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 		if err := d.stageImage(ctx, nv, staging, m); err != nil {
 			return err
 		}
+	case backend.SourceBlockDevice:
+		if err := d.stageBlockDevice(ctx, nv, req.GetVolumeCapability(), staging); err != nil {
+			return err
+		}
 	default:
 		return fmt.Errorf("source kind %s cannot be staged: %w", nv.src.Kind, errdefs.ErrFailedPrecondition)
 	}
@@ -424,7 +428,11 @@ func (d *Driver) nodePublish(ctx context.Context, req *csi.NodePublishVolumeRequ
 
 	// What to bind: the staged filesystem, or the loop device itself.
 	bindSource := staging
-	if nv.block(cap) {
+	if nv.block(cap) && nv.src.Kind == backend.SourceBlockDevice {
+		if bindSource, err = deviceNode(nv.src); err != nil {
+			return err
+		}
+	} else if nv.block(cap) {
 		if bindSource, err = d.volumeDevice(ctx, nv); err != nil {
 			return err
 		}
@@ -437,7 +445,7 @@ func (d *Driver) nodePublish(ctx context.Context, req *csi.NodePublishVolumeRequ
 	// Per-mount flags apply to the bind; a filesystem's own options were
 	// applied when it was staged. A directory volume has only the former.
 	flagFS := ""
-	if nv.src.Kind == backend.SourceImageFile && !nv.block(cap) {
+	if (nv.src.Kind == backend.SourceImageFile || nv.src.Kind == backend.SourceBlockDevice) && !nv.block(cap) {
 		flagFS = firstNonEmpty(cap.GetMount().GetFsType(), nv.fsType, "ext4")
 	}
 	attrs, _, err := mountfd.ParseOptions(flagFS, cap.GetMount().GetMountFlags())
@@ -634,6 +642,9 @@ func (d *Driver) nodeStats(ctx context.Context, req *csi.NodeGetVolumeStatsReque
 // usageAt reports usage: a block device's size, a filesystem image's
 // statfs, or what the pool knows of a directory volume.
 func (d *Driver) usageAt(ctx context.Context, nv nodeVolume, path string) (backend.Usage, error) {
+	if nv.src.Kind == backend.SourceBlockDevice {
+		return blockDeviceUsage(nv, path)
+	}
 	if nv.src.Kind == backend.SourceImageFile {
 		fi, err := os.Stat(path)
 		if err != nil {
@@ -701,6 +712,11 @@ func (d *Driver) nodeExpand(ctx context.Context, req *csi.NodeExpandVolumeReques
 			}
 		}
 	}
+	if nv.src.Kind == backend.SourceBlockDevice {
+		if err := d.growBlockDeviceOnNode(ctx, nv, path); err != nil {
+			return nil, err
+		}
+	}
 	if nv.src.Kind == backend.SourceImageFile && d.cfg.Loop != nil {
 		if err := d.growImageOnNode(ctx, nv, path); err != nil {
 			return nil, err
@@ -736,6 +752,9 @@ func (d *Driver) checkExpandPath(ctx context.Context, nv nodeVolume, c *csi.Volu
 		return nil
 	}
 	block := c.GetBlock() != nil || (nv.rec != nil && nv.rec.AccessType == backend.AccessBlock.String())
+	if block && st.exists && nv.src.Kind == backend.SourceBlockDevice {
+		return nil // the device is there whenever the LV is active
+	}
 	if block && st.exists && nv.src.Kind == backend.SourceImageFile && d.cfg.Loop != nil {
 		if devs, err := d.cfg.Loop.Find(ctx, nv.src.Path); err == nil && len(devs) > 0 {
 			return nil

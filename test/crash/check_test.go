@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -17,6 +18,7 @@ import (
 	mount "k8s.io/mount-utils"
 
 	"github.com/cairn-csi/cairn/internal/fscrypt"
+	"github.com/cairn-csi/cairn/internal/backend/lvmpool"
 	"github.com/cairn-csi/cairn/internal/fsfreeze"
 	"github.com/cairn-csi/cairn/internal/loopdev"
 )
@@ -73,6 +75,9 @@ func (h *harness) listed() (vols, snaps map[string]bool) {
 // onDisk returns the IDs in one of the pool's directories, failing on
 // anything that is not an ID: a new-*/rm-* leftover or a stray entry.
 func (h *harness) onDisk(dir string) map[string]bool {
+	if h.tg.lvm {
+		return h.onLVM(dir)
+	}
 	ids := map[string]bool{}
 	entries, err := os.ReadDir(filepath.Join(h.poolRoot, dir))
 	if err != nil {
@@ -443,4 +448,37 @@ func writeProbe(path string) error {
 		return err
 	}
 	return os.Remove(path)
+}
+
+// onLVM is onDisk for an lvm pool: the IDs of the pool's tagged LVs of
+// one kind ("volumes" or "snapshots"), failing on a tagged LV whose name
+// is not an ID (a new-*/rm-* leftover reconcile missed). Untagged LVs
+// (testlvm's "foreign" one) are not the pool's.
+func (h *harness) onLVM(dir string) map[string]bool {
+	kind := map[string]string{"volumes": "volume", "snapshots": "snapshot"}[dir]
+	vg, _, _ := strings.Cut(h.poolRoot, "/")
+	cmd := exec.Command("lvs", "--reportformat", "json", "--units", "b", "--nosuffix", "-o", "lv_name,lv_tags", vg)
+	cmd.Env = append(os.Environ(), "LC_ALL=C", "LVM_SUPPRESS_FD_WARNINGS=1")
+	out, err := cmd.Output()
+	if err != nil {
+		h.fatalf("lvs %s: %v", vg, err)
+	}
+	lvs, err := lvmpool.ParseLVs(out)
+	if err != nil {
+		h.fatalf("%v", err)
+	}
+	ids := map[string]bool{}
+	for _, lv := range lvs {
+		pool, _ := lv.Tag(lvmpool.TagPool)
+		k, _ := lv.Tag(lvmpool.TagKind)
+		if !lv.HasTag(lvmpool.TagOwner) || pool != h.poolRoot || k != kind {
+			continue
+		}
+		m := entryPattern.FindStringSubmatch(lv.Name)
+		if m == nil || m[2] != "" {
+			h.fatalf("lvm pool %s holds the %s LV %q after reconcile: a leftover the store does not account for", h.poolRoot, kind, lv.Name)
+		}
+		ids[m[1]] = true
+	}
+	return ids
 }

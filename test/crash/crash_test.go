@@ -1,6 +1,7 @@
 package crash
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math/rand"
@@ -26,6 +27,7 @@ import (
 
 	"github.com/cairn-csi/cairn/internal/testdriver"
 	"github.com/cairn-csi/cairn/internal/testfs"
+	"github.com/cairn-csi/cairn/internal/testlvm"
 )
 
 // target is one pool configuration under test.
@@ -37,6 +39,17 @@ type target struct {
 	// encrypted: every volume is encrypted (fscrypt), and every call that
 	// takes the secret gets it.
 	encrypted bool
+	// lvm: the pool is an LVM thin pool on a throwaway VG
+	// (internal/testlvm); fsType is unused. Device-mapper is only in the
+	// VM lane (hack/vm-lane.sh).
+	lvm bool
+}
+
+// selectedTarget reports whether target name runs: $CAIRN_CRASH_TARGETS,
+// when set, is a comma-separated list (the VM lane runs only lvm-thin).
+func selectedTarget(name string) bool {
+	list := os.Getenv("CAIRN_CRASH_TARGETS")
+	return list == "" || slices.Contains(strings.Split(list, ","), name)
 }
 
 // hasCap reports whether this process has capability c in its effective set.
@@ -91,12 +104,14 @@ type killPoint struct {
 // findKillPoints greps the module's internal/ tree for crashpoint.Hit, so
 // that a kill point added anywhere is exercised without editing this test.
 func findKillPoints(t *testing.T) []killPoint {
-	root, err := filepath.Abs("../..")
+	// The VM lane runs the test binary away from the source tree and
+	// copies internal/ to $CAIRN_SRC_ROOT/internal.
+	root, err := filepath.Abs(cmp.Or(os.Getenv("CAIRN_SRC_ROOT"), "../.."))
 	if err != nil {
 		t.Fatal(err)
 	}
 	re := regexp.MustCompile(`crashpoint\.Hit\("([^"]+)"\)`)
-	seen := map[string]bool{}
+	seen := map[string]int{} // name -> index in out
 	var out []killPoint
 	err = filepath.WalkDir(filepath.Join(root, "internal"), func(p string, d os.DirEntry, err error) error {
 		if err != nil {
@@ -110,13 +125,19 @@ func findKillPoints(t *testing.T) []killPoint {
 			return err
 		}
 		rel, _ := filepath.Rel(root, p)
+		generic := strings.HasPrefix(rel, "internal/backend/staging/")
 		for _, m := range re.FindAllSubmatch(src, -1) {
 			name := string(m[1])
-			if seen[name] {
+			if i, ok := seen[name]; ok {
+				// A pool that does not use the staging package (lvmpool)
+				// reuses its names; the point stays one every pool must reach.
+				if generic && !out[i].generic {
+					out[i].file, out[i].generic = rel, true
+				}
 				continue
 			}
-			seen[name] = true
-			out = append(out, killPoint{name: name, file: rel, generic: strings.HasPrefix(rel, "internal/backend/staging/")})
+			seen[name] = len(out)
+			out = append(out, killPoint{name: name, file: rel, generic: generic})
 		}
 		return nil
 	})
@@ -133,7 +154,8 @@ func findKillPoints(t *testing.T) []killPoint {
 func TestCrash(t *testing.T) {
 	testfs.RequireRoot(t)
 	seed := envInt("CAIRN_CRASH_SEED", time.Now().UnixNano())
-	kills := int(envInt("CAIRN_CRASH_KILLS", 200))
+	// A run of selected targets (the VM lane's, under TCG) is short by default.
+	kills := int(envInt("CAIRN_CRASH_KILLS", map[bool]int64{true: 200, false: 5}[os.Getenv("CAIRN_CRASH_TARGETS") == ""]))
 	t.Logf("seed %d (replay: CAIRN_CRASH_SEED=%d), %d random kills in all", seed, seed, kills)
 
 	types := poolTypes(t)
@@ -158,8 +180,21 @@ func TestCrash(t *testing.T) {
 	default:
 		targets = append(targets, target{name: "btrfs", poolType: "btrfs", fsType: "btrfs", size: 1 << 30})
 	}
-
 	targets = append(targets, target{name: "dir-fscrypt", poolType: "dir", fsType: "ext4-encrypt", size: 512 << 20, encrypted: true})
+	switch err := testlvm.Available(); {
+	case !types["lvm"]:
+		t.Log("target lvm-thin: skipped, this cairn has no lvm pool type")
+	case err != nil && testfs.VMLane():
+		t.Fatalf("target lvm-thin: %v (CAIRN_VM_LANE=1: the VM lane requires it)", err)
+	case err != nil:
+		t.Logf("target lvm-thin: skipped, %v; %s", err, testfs.VMLaneHint)
+	default:
+		targets = append(targets, target{name: "lvm-thin", poolType: "lvm", lvm: true})
+	}
+	targets = slices.DeleteFunc(targets, func(tg target) bool { return !selectedTarget(tg.name) })
+	if len(targets) == 0 {
+		t.Fatalf("CAIRN_CRASH_TARGETS=%s selects no target this machine can run", os.Getenv("CAIRN_CRASH_TARGETS"))
+	}
 
 	// The kills are shared out among the targets, so that the run's length
 	// does not grow with the number of pool types.
@@ -211,12 +246,19 @@ type capabilities struct {
 }
 
 func newHarness(t *testing.T, tg target, seed int64) *harness {
-	mnt := testfs.New(t, tg.fsType, tg.size)
+	var poolRoot string
+	if tg.lvm {
+		// 1.5 GiB of thin pool: the model's volumes are small, and the
+		// default over-provisioning ratio (1) must not refuse them.
+		poolRoot = testlvm.NewVG(t, 2<<30, 1536<<20) + "/" + testlvm.ThinPool
+	} else {
+		poolRoot = filepath.Join(testfs.New(t, tg.fsType, tg.size), "pool")
+	}
 	root, err := os.MkdirTemp("", "crash-"+tg.name+"-")
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, tg: tg, seed: seed, rng: rand.New(rand.NewSource(seed)), root: root, poolRoot: filepath.Join(mnt, "pool")}
+	h := &harness{t: t, tg: tg, seed: seed, rng: rand.New(rand.NewSource(seed)), root: root, poolRoot: poolRoot}
 	h.m.h = h
 	for _, d := range []string{"staging", "target"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o750); err != nil {
@@ -662,6 +704,12 @@ func (h *harness) finish() {
 	}
 	h.check(nil)
 	for _, d := range []string{"volumes", "snapshots"} {
+		if h.tg.lvm {
+			if ids := h.onDisk(d); len(ids) > 0 {
+				h.fatalf("lvm pool %s still has %s LVs %v after every volume and snapshot was deleted", h.poolRoot, d, ids)
+			}
+			continue
+		}
 		entries, _ := os.ReadDir(filepath.Join(h.poolRoot, d))
 		for _, e := range entries {
 			if !strings.HasPrefix(e.Name(), ".") {

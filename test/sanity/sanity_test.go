@@ -27,6 +27,7 @@ import (
 
 	"github.com/cairn-csi/cairn/internal/testdriver"
 	"github.com/cairn-csi/cairn/internal/testfs"
+	"github.com/cairn-csi/cairn/internal/testlvm"
 )
 
 // target is one configuration under test.
@@ -38,6 +39,10 @@ type target struct {
 	block  bool // TestVolumeAccessType=block
 	params map[string]string
 	needs  []string // binaries that must exist
+	// lvm: "thin" or "thick" makes a throwaway VG (internal/testlvm) and
+	// passes "VG/tp" or "VG" to pools as root. Device-mapper is only in
+	// the VM lane (hack/vm-lane.sh).
+	lvm string
 	// enforced: the pool must say it enforces sizes (volume context
 	// cairn.csi.dev/capacityEnforced=true), or the quota targets would
 	// pass without quota.
@@ -77,6 +82,11 @@ var targets = []target{
 	{name: "image/luks", fs: "ext4", secrets: true, dm: true, params: map[string]string{"encryption": "true"}, needs: []string{"mkfs.ext4", "cryptsetup"}, pools: func(root string) []string { return []string{"default=image:" + root} }},
 	{name: "dir/ext4-prjquota", fs: "ext4-prjquota", enforced: true, needs: []string{"mkfs.ext4"}, pools: func(root string) []string { return []string{"default=dir:" + root} }},
 	{name: "dir/xfs-prjquota", fs: "xfs", enforced: true, needs: []string{"mkfs.xfs"}, pools: func(root string) []string { return []string{"default=dir:" + root} }},
+	// LVM thin pool: each volume a thin LV, formatted ext4 for mount
+	// access, the LV itself for block access; snapshots, restores and
+	// clones are thin snapshots. Needs device-mapper: the VM lane.
+	{name: "lvm/thin-mount", lvm: "thin", enforced: true, needs: []string{"lvcreate", "mkfs.ext4"}, pools: func(root string) []string { return []string{"default=lvm:" + root} }},
+	{name: "lvm/thin-block", lvm: "thin", block: true, enforced: true, needs: []string{"lvcreate"}, pools: func(root string) []string { return []string{"default=lvm:" + root} }},
 }
 
 // selected reports whether the target runs: $CAIRN_SANITY_TARGETS, when
@@ -166,6 +176,23 @@ func setUp(t *testing.T, tg target, cfg *sanity.TestConfig) {
 			return
 		}
 		root = filepath.Join(fs.MountPoint, "pool")
+	}
+	if tg.lvm != "" {
+		if err := testlvm.Available(); err != nil {
+			if testfs.VMLane() {
+				t.Fatalf("%s: %v (CAIRN_VM_LANE=1: the VM lane requires it)", tg.name, err)
+			}
+			unavailable[tg.name] = "environment: " + err.Error() + "; " + testfs.VMLaneHint
+			return
+		}
+		thin := int64(0)
+		if tg.lvm == "thin" {
+			thin = 3 << 30
+		}
+		root = testlvm.NewVG(t, 4<<30, thin)
+		if thin > 0 {
+			root += "/" + testlvm.ThinPool
+		}
 	}
 	data := filepath.Join(tmp, "data")
 	if tg.split {

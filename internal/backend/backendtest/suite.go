@@ -36,8 +36,22 @@ const mib = 1 << 20
 
 var errCommit = errors.New("injected commit failure")
 
+// Options adapt the suite to pools whose entries are not files in a
+// directory (LVM: logical volumes, whose device nodes the root lists).
+type Options struct {
+	// Leftover makes what a crash leaves of an in-flight create or delete:
+	// an entry called name (staging.NewPrefix or staging.RmPrefix and an
+	// ID) beside the pool's volumes, which must appear in
+	// filepath.Dir(volumeSource) under that name until Reconcile removes
+	// it. nil: an empty directory there.
+	Leftover func(t *testing.T, b backend.Backend, name string)
+}
+
 // Run runs the suite.
-func Run(t *testing.T, newPool Factory) {
+func Run(t *testing.T, newPool Factory) { RunWith(t, newPool, Options{}) }
+
+// RunWith runs the suite with options.
+func RunWith(t *testing.T, newPool Factory, opts Options) {
 	tests := []struct {
 		name string
 		fn   func(t *testing.T, b backend.Backend, root string)
@@ -46,7 +60,7 @@ func Run(t *testing.T, newPool Factory) {
 		{"CreateIdempotent", testCreateIdempotent},
 		{"DeleteMissing", testDeleteMissing},
 		{"CommitFailureRollsBack", testCommitFailure},
-		{"ReconcileRemovesLeftovers", testReconcile},
+		{"ReconcileRemovesLeftovers", func(t *testing.T, b backend.Backend, root string) { testReconcile(t, b, root, opts) }},
 		{"CapacityAndUsage", testCapacity},
 		{"Snapshots", testSnapshots},
 		{"RestoreAndClone", testRestoreAndClone},
@@ -266,7 +280,7 @@ func testCommitFailure(t *testing.T, b backend.Backend, root string) {
 	}
 }
 
-func testReconcile(t *testing.T, b backend.Backend, root string) {
+func testReconcile(t *testing.T, b backend.Backend, root string, opts Options) {
 	ctx := context.Background()
 	create(t, b, "vol-keep", 16*mib)
 	create(t, b, "vol-unknown", 16*mib)
@@ -276,6 +290,10 @@ func testReconcile(t *testing.T, b backend.Backend, root string) {
 	src, _ := b.Source(ctx, "vol-keep")
 	dir := filepath.Dir(src.Path)
 	for _, name := range []string{"new-vol-x", "rm-vol-y"} {
+		if opts.Leftover != nil {
+			opts.Leftover(t, b, name)
+			continue
+		}
 		if err := os.Mkdir(filepath.Join(dir, name), 0o700); err != nil {
 			t.Fatal(err)
 		}

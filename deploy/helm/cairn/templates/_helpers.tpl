@@ -86,10 +86,14 @@ metrics, and for the builtin liveness probe.
 {{- fail (printf "pool %q is listed twice" .name) -}}
 {{- end -}}
 {{- $_ := set $names .name true -}}
-{{- if not (has .type (list "dir" "btrfs" "image")) -}}
-{{- fail (printf "pool %q: type must be dir, btrfs or image, not %q" .name (toString .type)) -}}
+{{- if not (has .type (list "dir" "btrfs" "image" "lvm")) -}}
+{{- fail (printf "pool %q: type must be dir, btrfs, image or lvm, not %q" .name (toString .type)) -}}
 {{- end -}}
-{{- if not (isAbs (toString .path)) -}}
+{{- if eq .type "lvm" -}}
+{{- if not (regexMatch "^[A-Za-z0-9+_.][A-Za-z0-9+_.-]*(/[A-Za-z0-9+_.][A-Za-z0-9+_.-]*)?$" (toString .path)) -}}
+{{- fail (printf "pool %q: an lvm pool's path is VG or VG/THINPOOL, not %q" .name (toString .path)) -}}
+{{- end -}}
+{{- else if not (isAbs (toString .path)) -}}
 {{- fail (printf "pool %q: path %q must be absolute" .name (toString .path)) -}}
 {{- end -}}
 {{- end -}}
@@ -104,11 +108,16 @@ dataDir, which is mounted anyway. Returns a dict of volume name -> path.
 {{- $mounts := dict -}}
 {{- range .Values.pools -}}
 {{- $path := trimSuffix "/" .path -}}
-{{- if not (or (eq $path $dataDir) (hasPrefix (printf "%s/" $dataDir) $path)) -}}
+{{- if and (ne .type "lvm") (not (or (eq $path $dataDir) (hasPrefix (printf "%s/" $dataDir) $path))) -}}
 {{- $_ := set $mounts (printf "pool-%s" .name) $path -}}
 {{- end -}}
 {{- end -}}
 {{- toYaml $mounts -}}
+{{- end -}}
+
+{{/* "true" when some pool is an lvm pool. */}}
+{{- define "cairn.hasLVM" -}}
+{{- range .Values.pools -}}{{- if eq .type "lvm" -}}true{{- end -}}{{- end -}}
 {{- end -}}
 
 {{/* Common cairn flags, for the node pods and the resizer pod alike. */}}

@@ -1,0 +1,143 @@
+package driver
+
+// The node side of volumes whose source is a block device of their own
+// (backend.SourceBlockDevice: LVM logical volumes). They need no loop
+// device: mount access formats the device if blank and mounts it at the
+// staging path; block access stages nothing and publishes by
+// bind-mounting the device node onto the target file; NodeExpandVolume
+// grows a mounted filesystem online (the controller's lvextend already
+// grew the device). node.go calls these from one-line
+// `case backend.SourceBlockDevice` hooks.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
+
+	"github.com/cairn-csi/cairn/internal/backend"
+	"github.com/cairn-csi/cairn/internal/mountfd"
+)
+
+// deviceNode resolves a block device source to its device node. lvm2's
+// /dev/VG/LV is a symlink (to /dev/mapper/VG-LV, or with udev to
+// /dev/dm-N); the mount layer refuses symlinks, and mountinfo names the
+// node, so the node is what is mounted and bound.
+func deviceNode(src backend.Source) (string, error) {
+	dev, err := filepath.EvalSymlinks(src.Path)
+	if err != nil {
+		return "", fmt.Errorf("device of volume source %s: %w", src.Path, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(dev, &st); err != nil {
+		return "", fmt.Errorf("device %s: %w", dev, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
+		return "", fmt.Errorf("volume source %s (%s) is not a block device", src.Path, dev)
+	}
+	return dev, nil
+}
+
+// stageBlockDevice stages a block device volume: for mount access, format
+// it if blank and mount it at staging, then grow the filesystem if the
+// device is larger (a restore or clone into a bigger volume, or an
+// expansion while unstaged). Block access stages nothing.
+func (d *Driver) stageBlockDevice(ctx context.Context, nv nodeVolume, c *csi.VolumeCapability, staging string) error {
+	if nv.block(c) {
+		return nil // publish bind-mounts the device itself
+	}
+	if nv.mkfsErr != nil {
+		return nv.mkfsErr
+	}
+	dev, err := deviceNode(nv.src)
+	if err != nil {
+		return err
+	}
+	m := c.GetMount()
+	fsType := firstNonEmpty(m.GetFsType(), nv.fsType, "ext4")
+	if err := checkFsType("volume_capability.mount.fs_type", fsType); err != nil {
+		return err
+	}
+	if _, _, err := mountfd.ParseOptions(fsType, m.GetMountFlags()); err != nil {
+		return fmt.Errorf("volume_capability.mount.mount_flags: %w", err)
+	}
+	opts := blockDeviceMountOptions(fsType, m.GetMountFlags())
+	if err := d.mounter.FormatAndMountSensitiveWithFormatOptions(dev, staging, fsType, opts, nil, nv.mkfs); err != nil {
+		return fmt.Errorf("format and mount %s at %s: %w", dev, staging, err)
+	}
+	if hasOption(opts, "ro") {
+		return nil
+	}
+	if err := d.resizeFS(ctx, dev, staging); err != nil {
+		if uerr := d.mounter.Unmount(staging); uerr != nil {
+			err = errors.Join(err, fmt.Errorf("unmount %s again: %w", staging, uerr))
+		}
+		return fmt.Errorf("volume %s: its device is larger than its filesystem: %w", nv.id, err)
+	}
+	return nil
+}
+
+// blockDeviceMountOptions are the mount options of a volume's own
+// filesystem. A thin snapshot, restore or clone carries its origin's XFS
+// UUID, which XFS refuses to mount twice without nouuid.
+func blockDeviceMountOptions(fsType string, flags []string) []string {
+	opts := slices.Clone(flags)
+	if fsType == "xfs" && !hasOption(opts, "nouuid") {
+		opts = append(opts, "nouuid")
+	}
+	return opts
+}
+
+// blockDeviceUsage is NodeGetVolumeStats' usage for a block device volume
+// at path: the filesystem's statfs when path is its mount, the device's
+// size when path is the device's bind mount.
+func blockDeviceUsage(nv nodeVolume, path string) (backend.Usage, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return backend.Usage{}, err
+	}
+	if fi.Mode()&os.ModeDevice == 0 {
+		return backend.StatfsUsage(path)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return backend.Usage{}, err
+	}
+	defer f.Close()
+	size, err := f.Seek(0, 2)
+	if err != nil {
+		return backend.Usage{}, fmt.Errorf("size of %s: %w", path, err)
+	}
+	return backend.Usage{TotalBytes: size}, nil
+}
+
+// growBlockDeviceOnNode grows the filesystem of a block device volume
+// mounted at path, online. The device already has its new size (lvextend
+// changes it in place). For block access there is nothing to do: a
+// filesystem the workload made on its raw device is the workload's.
+func (d *Driver) growBlockDeviceOnNode(ctx context.Context, nv nodeVolume, path string) error {
+	if nv.rec != nil && nv.rec.AccessType == backend.AccessBlock.String() {
+		return nil
+	}
+	id, err := d.identityOf(ctx, nv.src)
+	if err != nil {
+		return err
+	}
+	st, err := d.inspect(path, id)
+	if err != nil {
+		return err
+	}
+	if fi, err := os.Stat(path); err != nil || !fi.IsDir() || !st.mounted || !st.ours {
+		return nil
+	}
+	dev, err := deviceNode(nv.src)
+	if err != nil {
+		return err
+	}
+	return d.resizeFS(ctx, dev, path)
+}
