@@ -475,7 +475,7 @@ func TestBadValuesRejected(t *testing.T) {
 		{"registration mode", "registration: {mode: kubelet}\n", "registration.mode must be builtin or sidecar"},
 		{"health mode", "health: {mode: none}\n", "health.mode must be builtin or sidecar"},
 		{"log format", "logFormat: xml\n", "logFormat must be text or json"},
-		{"pool type", "pools: [{name: a, type: zfs, path: /a}]\n", `type must be dir, btrfs or image`},
+		{"pool type", "pools: [{name: a, type: zfs, path: /a}]\n", `type must be dir, btrfs, image or lvm`},
 		{"pool name", "pools: [{name: Fast_1, type: dir, path: /a}]\n", "must be a DNS label"},
 		{"duplicate pool", "pools: [{name: a, type: dir, path: /a}, {name: a, type: dir, path: /b}]\n", "listed twice"},
 		{"relative pool path", "pools: [{name: a, type: dir, path: a}]\n", "must be absolute"},
