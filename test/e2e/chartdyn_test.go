@@ -262,6 +262,11 @@ func (d *dyn) testCapacity(ctx context.Context, t *testing.T) {
 			if q.Value() <= 0 || q.Value() > size {
 				t.Errorf("%s: capacity %d is not in (0, %d], the pool filesystem's size", p.class, q.Value(), size)
 			}
+			// what the pool's filesystem has free, give or take what other
+			// writers did since the last poll (2% of the filesystem)
+			if diff := q.Value() - avail; diff > size/50 || -diff > size/50 {
+				t.Errorf("%s: capacity %d, but the pool filesystem has %d available", p.class, q.Value(), avail)
+			}
 		}
 		if n != 1 {
 			t.Errorf("%s: %d CSIStorageCapacity objects, want 1 (one node)", p.class, n)

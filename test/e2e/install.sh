@@ -56,7 +56,7 @@ node sh -euc "
   mount --make-rshared /var/lib/cairn
   mkdir -p /var/lib/cairn/btrfs
   if ! mountpoint -q /var/lib/cairn/btrfs; then
-    rm -f $btrfs_img; truncate -s 1G $btrfs_img; mkfs.btrfs -q $btrfs_img
+    rm -f $btrfs_img; truncate -s 1G $btrfs_img; mkfs.btrfs -q $btrfs_img >/dev/null
     mount -o loop $btrfs_img /var/lib/cairn/btrfs
   fi
   mount --make-shared /var/lib/cairn/btrfs
