@@ -492,10 +492,11 @@ func (d *dyn) testKillMidProvisioning(ctx context.Context, t *testing.T) {
 	d.deleteAll(ctx, t, "crash")
 }
 
-// poolEntries lists a pool's top directory in the node namespace.
+// poolEntries lists a pool's entries in the node namespace: its top
+// directory and the one below (volumes/<id>, snapshots/<id>, ...).
 func (d *dyn) poolEntries(ctx context.Context, t *testing.T, p dynPool) []string {
 	t.Helper()
-	out, err := d.nodeExec(ctx, "ls", "-A", p.path)
+	out, err := d.nodeExec(ctx, "find", p.path, "-mindepth", "1", "-maxdepth", "2")
 	if err != nil {
 		t.Fatal(err)
 	}
