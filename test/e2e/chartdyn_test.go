@@ -461,28 +461,32 @@ func (d *dyn) deleteAll(ctx context.Context, t *testing.T, prefix string) {
 	}
 }
 
-// testKillMidProvisioning deletes cairn's node pod (grace period 0) while
-// external-provisioner waits for CreateVolume, and checks that the claim
-// still binds and its pod runs once the DaemonSet has a new pod.
+// testKillMidProvisioning force-deletes cairn's node pod (cairn and its
+// external-provisioner) right after a claim and its pod are created, while
+// the claim is still Pending, and checks that the claim binds and the pod
+// runs once the DaemonSet has a new pod. If the claim was already bound at
+// the kill, it tries again with a new claim (up to three times).
 func (d *dyn) testKillMidProvisioning(ctx context.Context, t *testing.T) {
-	name := "crash-src"
-	d.apply(ctx, t, pvcYAML(name, "cairn-images", "1Gi", "Filesystem", ""))
-	d.apply(ctx, t, d.podYAML(name, name, false))
-	err := waitFor(ctx, time.Minute, "the scheduler selects the node", func(ctx context.Context) (bool, error) {
-		n, err := d.get(ctx, "pvc", name, `{.metadata.annotations.volume\.kubernetes\.io/selected-node}`)
-		return n != "", err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := d.k(ctx, nil, "delete", "pod", "-n", dynNamespace, "-l", nodeSelector, "--grace-period=0", "--force", "--wait=false")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ph, _ := d.get(ctx, "pvc", name, "{.status.phase}")
-	t.Logf("killed cairn's node pod while the claim was %s: %s", ph, strings.TrimSpace(out))
-	if _, err := d.k(ctx, nil, "rollout", "status", "-n", dynNamespace, "daemonset/cairn-node", "--timeout=4m"); err != nil {
-		t.Fatal(err)
+	var name string
+	for attempt := 1; ; attempt++ {
+		name = fmt.Sprintf("crash-%d", attempt)
+		d.apply(ctx, t, pvcYAML(name, "cairn-images", "1Gi", "Filesystem", "")+"---\n"+d.podYAML(name, name, false))
+		ph, _ := d.get(ctx, "pvc", name, "{.status.phase}")
+		sel, _ := d.get(ctx, "pvc", name, `{.metadata.annotations.volume\.kubernetes\.io/selected-node}`)
+		out, err := d.k(ctx, nil, "delete", "pod", "-n", dynNamespace, "-l", nodeSelector, "--grace-period=0", "--force", "--wait=false")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("attempt %d: killed cairn's node pod while the claim was %s (selected node %q): %s", attempt, ph, sel, strings.TrimSpace(out))
+		if _, err := d.k(ctx, nil, "rollout", "status", "-n", dynNamespace, "daemonset/cairn-node", "--timeout=4m"); err != nil {
+			t.Fatal(err)
+		}
+		if ph != "Bound" {
+			break
+		}
+		if attempt == 3 {
+			t.Fatal("the claim was bound before the kill three times: nothing was tested")
+		}
 	}
 	d.waitPod(ctx, t, name, 5*time.Minute)
 	d.recordPV(ctx, t, name)

@@ -76,6 +76,9 @@ kubectl label namespace "$NS" --overwrite pod-security.kubernetes.io/enforce=pri
 "$helm" upgrade --install cairn deploy/helm/cairn --namespace "$NS" \
   --values test/e2e/values-e2e.yaml --wait --timeout 5m
 
+# helm --wait lets a DaemonSet be short of maxUnavailable (1) pods: on one node, not at all
+kubectl -n "$NS" rollout status daemonset/cairn-node --timeout=3m
+kubectl -n "$NS" rollout status deployment/cairn-resizer --timeout=3m
 kubectl -n kube-system rollout status deployment/snapshot-controller --timeout=3m
 kubectl get storageclass,volumesnapshotclass
 kubectl -n "$NS" get pods -o wide
