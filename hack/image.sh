@@ -73,6 +73,9 @@ $B config --entrypoint '["/usr/local/bin/cairn"]' --cmd '[]' --env PATH=/usr/loc
   --label org.opencontainers.image.source=https://github.com/cairn-csi/cairn \
   --label org.opencontainers.image.version="$appver" --os linux --arch "$goarch" "$c"
 $B commit -q --rm "$c" "$IMAGE" >/dev/null
+# the previous build under this name is now untagged: drop it (vfs keeps full copies)
+$B images -q --filter dangling=true --filter "label=org.opencontainers.image.source=https://github.com/cairn-csi/cairn" |
+  xargs -r $B rmi >/dev/null 2>&1 || true
 rm -f "$CACHE/cairn.tar"
 $B push -q "$IMAGE" "docker-archive:$CACHE/cairn.tar:$IMAGE"
 echo "$IMAGE" > "$CACHE/cairn.ref"
