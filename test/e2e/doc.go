@@ -12,10 +12,11 @@
 // README.md in this directory has the details and the upstream storage
 // suite's driver files (testdriver.yaml, testdriver-image.yaml).
 //
-// The test cannot use external-provisioner (the kubernetes-csi sidecars are
-// not buildable from the module proxy), so it plays the provisioner itself:
-// it calls CreateVolume on cairn's socket and binds the result as a
-// pre-provisioned PersistentVolume, exactly as external-provisioner would
-// describe it (volume handle, volume attributes, node affinity from the
-// accessible topology).
+// TestCairnOnKubelet runs cairn alone, without sidecars, and plays the
+// provisioner itself: it calls CreateVolume on cairn's socket and binds the
+// result as a pre-provisioned PersistentVolume, exactly as
+// external-provisioner would describe it (volume handle, volume attributes,
+// node affinity from the accessible topology). TestChartDynamic tests the
+// chart install with the real sidecars (hack/sidecars.sh builds them),
+// after test/e2e/install.sh.
 package e2e

@@ -68,6 +68,10 @@ func TestDriverFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	e2eValues, err := os.ReadFile("values-e2e.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
 	var vals struct {
 		VolumeSnapshotClass struct{ Name string } `json:"volumeSnapshotClass"`
 	}
@@ -80,7 +84,7 @@ func TestDriverFiles(t *testing.T) {
 		block       bool
 	}{
 		{file: "testdriver.yaml", class: "cairn-dir"},
-		{file: "testdriver-image.yaml", class: "cairn-images", block: true},
+		{file: "testdriver-image.yaml", class: "cairn-images-xfs", block: true},
 	} {
 		t.Run(tt.file, func(t *testing.T) {
 			y, err := os.ReadFile(tt.file)
@@ -123,6 +127,10 @@ func TestDriverFiles(t *testing.T) {
 			// The classes are the chart's.
 			if tt.class == "cairn-dir" && !strings.Contains(string(rendered), "kind: StorageClass\nmetadata:\n  name: cairn-dir\n") {
 				t.Errorf("%s has no StorageClass cairn-dir", renderedManifests)
+			}
+			// and the CI install (test/e2e/install.sh) makes each file's class
+			if !strings.Contains(string(e2eValues), "name: "+tt.class+"\n") {
+				t.Errorf("values-e2e.yaml has no StorageClass %s", tt.class)
 			}
 			if d.StorageClass.FromExistingClassName != tt.class {
 				t.Errorf("StorageClass.FromExistingClassName %q, want %q", d.StorageClass.FromExistingClassName, tt.class)
