@@ -28,8 +28,8 @@ import (
 	mount "k8s.io/mount-utils"
 	utilexec "k8s.io/utils/exec"
 
-	"github.com/cairn-csi/cairn/internal/backend/staging"
 	"github.com/cairn-csi/cairn/internal/backend/lvmpool"
+	"github.com/cairn-csi/cairn/internal/backend/staging"
 	"github.com/cairn-csi/cairn/internal/driver"
 	"github.com/cairn-csi/cairn/internal/endpoint"
 	"github.com/cairn-csi/cairn/internal/kubeletreg"

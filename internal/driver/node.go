@@ -792,21 +792,30 @@ func (d *Driver) growImageOnNode(ctx context.Context, nv nodeVolume, path string
 			return fmt.Errorf("volume %s: %w", nv.id, err)
 		}
 	}
+	if ok, err := d.filesystemMountedAt(ctx, nv, path); err != nil || !ok {
+		return err
+	}
+	return d.resizeFS(ctx, dev, path)
+}
+
+// filesystemMountedAt reports whether path is a mount of nv's filesystem:
+// the one case where the node grows a filesystem. A block volume's
+// filesystem, if the workload made one on its raw device, is the
+// workload's to grow.
+func (d *Driver) filesystemMountedAt(ctx context.Context, nv nodeVolume, path string) (bool, error) {
 	if nv.rec != nil && nv.rec.AccessType == backend.AccessBlock.String() {
-		return nil
+		return false, nil
 	}
 	id, err := d.identityOf(ctx, nv.src)
 	if err != nil {
-		return err
+		return false, err
 	}
 	st, err := d.inspect(path, id)
 	if err != nil {
-		return err
+		return false, err
 	}
-	if fi, err := os.Stat(path); err != nil || !fi.IsDir() || !st.mounted || !st.ours {
-		return nil
-	}
-	return d.resizeFS(ctx, dev, path)
+	fi, err := os.Stat(path)
+	return err == nil && fi.IsDir() && st.mounted && st.ours, nil
 }
 
 // NodeGetCapabilities implements csi.NodeServer.

@@ -121,19 +121,8 @@ func blockDeviceUsage(nv nodeVolume, path string) (backend.Usage, error) {
 // changes it in place). For block access there is nothing to do: a
 // filesystem the workload made on its raw device is the workload's.
 func (d *Driver) growBlockDeviceOnNode(ctx context.Context, nv nodeVolume, path string) error {
-	if nv.rec != nil && nv.rec.AccessType == backend.AccessBlock.String() {
-		return nil
-	}
-	id, err := d.identityOf(ctx, nv.src)
-	if err != nil {
+	if ok, err := d.filesystemMountedAt(ctx, nv, path); err != nil || !ok {
 		return err
-	}
-	st, err := d.inspect(path, id)
-	if err != nil {
-		return err
-	}
-	if fi, err := os.Stat(path); err != nil || !fi.IsDir() || !st.mounted || !st.ours {
-		return nil
 	}
 	dev, err := deviceNode(nv.src)
 	if err != nil {

@@ -39,7 +39,7 @@ func ReadFile(path string) (*Table, error) {
 	t := &Table{byDevIno: map[DevIno][]string{}, byDev: map[uint64][]string{}, byRdev: map[uint64][]string{}}
 	seen := map[string]bool{}
 	for _, mi := range infos {
-		mi.MountPoint, mi.Source = unescape(mi.MountPoint), unescape(mi.Source)
+		mi.MountPoint, mi.Source = Unescape(mi.MountPoint), Unescape(mi.Source)
 		if seen[mi.MountPoint] {
 			// Stacked mounts: stat sees only the top one, as before.
 			continue
@@ -94,9 +94,9 @@ func (t *Table) Devices(rdevs []uint64) []string {
 	return out
 }
 
-// unescape undoes mountinfo's octal escapes (\040 for a space), which
+// Unescape undoes mountinfo's octal escapes (\040 for a space), which
 // mount-utils leaves in place.
-func unescape(s string) string {
+func Unescape(s string) string {
 	if !strings.Contains(s, `\`) {
 		return s
 	}

@@ -17,8 +17,8 @@ import (
 	"golang.org/x/sys/unix"
 	mount "k8s.io/mount-utils"
 
-	"github.com/cairn-csi/cairn/internal/fscrypt"
 	"github.com/cairn-csi/cairn/internal/backend/lvmpool"
+	"github.com/cairn-csi/cairn/internal/fscrypt"
 	"github.com/cairn-csi/cairn/internal/fsfreeze"
 	"github.com/cairn-csi/cairn/internal/loopdev"
 )

@@ -19,8 +19,8 @@ import (
 	"github.com/cairn-csi/cairn/internal/backend"
 	"github.com/cairn-csi/cairn/internal/backend/staging"
 	"github.com/cairn-csi/cairn/internal/errdefs"
-	"github.com/cairn-csi/cairn/internal/luks"
 	"github.com/cairn-csi/cairn/internal/fileclone"
+	"github.com/cairn-csi/cairn/internal/luks"
 )
 
 // Type is the pool type name.

@@ -23,6 +23,7 @@ import (
 	"github.com/cairn-csi/cairn/internal/backend"
 	"github.com/cairn-csi/cairn/internal/crashpoint"
 	"github.com/cairn-csi/cairn/internal/errdefs"
+	"github.com/cairn-csi/cairn/internal/mounttable"
 )
 
 // Prefixes of entries in flight.
@@ -223,40 +224,12 @@ func mountsBelow(path string) error {
 		if len(f) < 5 {
 			continue
 		}
-		mp := unescapeMountPath(f[4])
+		mp := mounttable.Unescape(f[4])
 		if mp == prefix || strings.HasPrefix(mp, prefix+"/") {
 			return fmt.Errorf("%s is mounted under %s: %w", mp, path, errdefs.ErrFailedPrecondition)
 		}
 	}
 	return nil
-}
-
-// unescapeMountPath undoes mountinfo's octal escapes (\040 for space).
-func unescapeMountPath(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			var v byte
-			ok := true
-			for _, c := range s[i+1 : i+4] {
-				if c < '0' || c > '7' {
-					ok = false
-					break
-				}
-				v = v*8 + byte(c-'0')
-			}
-			if ok {
-				b.WriteByte(v)
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 func syncDir(path string) error {
