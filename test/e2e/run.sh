@@ -88,6 +88,14 @@ trap down EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# A run that was interrupted (killed, or the machine stopped) leaves its cluster's state behind:
+# etcd with Cairn's objects in it, kubelet's and containerd's directories. up.sh would bring that
+# cluster back, and the tests would meet a CSIDriver and StorageClasses they did not make. Start
+# from nothing, as down() leaves it.
+if [ -d "$root/state" ] || pgrep -x kube-apiserver >/dev/null || pgrep -x kubelet >/dev/null; then
+  stamp "a previous cluster's state is here: taking it down first (down.sh --purge)"
+  bash "$local_dir/down.sh" --purge >/dev/null || { echo "e2e: down.sh --purge failed" >&2; exit 1; }
+fi
 stamp "bringing the cluster up (up.sh)"
 bash "$local_dir/up.sh"
 export KUBECONFIG=$root/state/admin.kubeconfig PATH=$root/bin:$PATH K8S_LOCAL_DIR=$local_dir K8S_LOCAL_ROOT=$root
