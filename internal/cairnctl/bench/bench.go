@@ -404,7 +404,11 @@ func callRPC[Req, Resp any](ctx context.Context, r *runner, fn func(context.Cont
 	cctx, cancel := context.WithTimeout(ctx, t.d)
 	defer cancel()
 	resp, err := fn(cctx, req)
-	if err != nil && ctx.Err() == nil && cctx.Err() != nil && status.Code(err) == codes.DeadlineExceeded {
+	// Not cctx.Err(): the server cancels the stream at the deadline it was
+	// sent, and its RST_STREAM can arrive before this side's timer has
+	// cancelled cctx, so the call's own timeout is the one that ran out
+	// whenever the caller's context still has time.
+	if err != nil && ctx.Err() == nil && status.Code(err) == codes.DeadlineExceeded {
 		err = status.Errorf(codes.DeadlineExceeded, "no answer within %s %s (raise it for a slow driver): %s", t.flag, t.d, status.Convert(err).Message())
 	}
 	return resp, err
