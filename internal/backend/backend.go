@@ -243,6 +243,16 @@ type ImageFiles interface {
 	VolumeForImage(path string) (id string, ok bool)
 }
 
+// DirsNamedByID is implemented by pools whose every volume is a directory
+// named by its volume ID: Source returns Kind SourceDirectory and a Path
+// whose last element is the ID. A bind mount of such a volume shows that
+// name as the last element of its root in the mount table, so a listing
+// stats only the volumes some mount is named after, instead of every
+// volume (internal/mounttable).
+type DirsNamedByID interface {
+	VolumeDirsNamedByID() bool
+}
+
 // FormatState is what a pool records of whether the node has formatted a
 // volume's image.
 type FormatState int

@@ -605,33 +605,33 @@ func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (
 	if t := req.GetStartingToken(); t != "" && !volumeIDPattern.MatchString(t) {
 		return nil, toStatus(fmt.Errorf("starting_token %q is not one this driver issued: %w", truncate(t), errdefs.ErrAborted))
 	}
-	var vols []store.Volume
+	var vols []store.ListedVolume
 	var next string
 	err := d.store.View(ctx, func(tx *store.Tx) (err error) {
-		vols, next, err = tx.Volumes(req.GetStartingToken(), pageLimit(req.GetMaxEntries()))
+		vols, next, err = tx.ListVolumes(req.GetStartingToken(), pageLimit(req.GetMaxEntries()))
 		return
 	})
 	if err != nil {
 		return nil, toStatus(err)
 	}
 	lv := d.newListView()
-	resp := &csi.ListVolumesResponse{NextToken: next}
+	resp := &csi.ListVolumesResponse{NextToken: next, Entries: make([]*csi.ListVolumesResponse_Entry, 0, len(vols))}
 	used := 0
-	for i, v := range vols {
+	for i, lvol := range vols {
 		if err := ctx.Err(); err != nil {
 			return nil, toStatus(err)
 		}
-		e := &csi.ListVolumesResponse_Entry{
-			Volume: lv.csiVolume(ctx, v),
-			Status: &csi.ListVolumesResponse_VolumeStatus{PublishedNodeIds: lv.published(ctx, v)},
-		}
-		n := entrySize(e)
+		v := lvol.Volume
+		n := lv.sizeBound(lvol.RecordBytes)
 		if !fits(used, n, i) {
 			resp.NextToken = v.ID
 			break
 		}
 		used += n
-		resp.Entries = append(resp.Entries, e)
+		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{
+			Volume: lv.csiVolume(ctx, v),
+			Status: &csi.ListVolumesResponse_VolumeStatus{PublishedNodeIds: lv.published(ctx, v)},
+		})
 	}
 	return resp, nil
 }

@@ -2,6 +2,7 @@ package driver
 
 import (
 	"context"
+	"path/filepath"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
@@ -16,10 +17,13 @@ import (
 // reply for every volume of a big node would exceed gRPC's 4 MiB default
 // message limit, and the caller could never list at all. The byte budget
 // also caps pages the caller sized, since entries vary in size (the CSI
-// spec lets a plugin return fewer than max_entries).
+// spec lets a plugin return fewer than max_entries). The budget counts
+// ListVolumes entries by a bound about twice their size (sizeBound), so a
+// page of 5,000 typical volumes, about 0.8 MiB, fits it; each page costs
+// a store read and a mount-table read, so pages are as large as that.
 const (
-	defaultPageEntries = 1000
-	maxReplyBytes      = 1 << 20
+	defaultPageEntries = 5000
+	maxReplyBytes      = 2 << 20
 )
 
 // pageLimit is how many entries a page may hold at most.
@@ -41,6 +45,8 @@ type listView struct {
 	mountErr error
 	enforced map[string]*bool
 	loops    map[mounttable.DevIno][]uint64 // backing file -> loop devices' rdevs
+	topology *csi.Topology                  // the same for every volume: shared, never changed
+	maxFixed int                            // sizeBound's constant part, 0 until needed
 }
 
 func (d *Driver) newListView() *listView {
@@ -63,10 +69,40 @@ func (lv *listView) csiVolume(ctx context.Context, v store.Volume) *csi.Volume {
 		}
 		lv.enforced[v.Pool] = e
 	}
-	return lv.d.volumeMessage(v, e)
+	m := lv.d.volumeMessage(v, e)
+	if lv.topology == nil {
+		lv.topology = m.AccessibleTopology[0]
+	}
+	m.AccessibleTopology[0] = lv.topology
+	return m
+}
+
+// sizeBound bounds the encoded size of v's ListVolumes entry, as
+// entrySize counts it, from the size of v's stored record (rawLen)
+// without encoding the entry: every string of the entry that varies is a
+// value of the record, which its JSON holds whole, with more framing
+// around it than protobuf adds; the rest (context keys, topology, the
+// published node, the widest integers) is measured once per call on an
+// entry whose varying strings are one byte long. Summing exact sizes
+// cost as much as encoding every page twice.
+func (lv *listView) sizeBound(rawLen int) int {
+	if lv.maxFixed == 0 {
+		one := "x"
+		skel := store.Volume{ID: one, Pool: one, FsType: one, MkfsOptions: one, Encryption: one, KeyID: one,
+			SourceSnapshotID: one, CapacityBytes: -1}
+		e := &csi.ListVolumesResponse_Entry{
+			Volume: lv.d.volumeMessage(skel, new(bool)),
+			Status: &csi.ListVolumesResponse_VolumeStatus{PublishedNodeIds: []string{lv.d.cfg.NodeID}},
+		}
+		lv.maxFixed = entrySize(e) + 32 // + slack for longer length prefixes
+	}
+	return rawLen + lv.maxFixed
 }
 
 // published is Driver.publishedNodes answered from the call's mount table.
+// For a pool of directories named by ID, a volume no mount is named after
+// has no bind mount, and costs a map lookup instead of two stats; the few
+// that are named are still decided by device and inode.
 func (lv *listView) published(ctx context.Context, v store.Volume) []string {
 	if lv.mounts == nil {
 		return nil
@@ -75,25 +111,36 @@ func (lv *listView) published(ctx context.Context, v store.Volume) []string {
 	if !ok {
 		return nil
 	}
+	named := false
+	if nd, ok := pool.(backend.DirsNamedByID); ok && nd.VolumeDirsNamedByID() {
+		if !lv.mounts.RootNamed(v.ID) {
+			return nil
+		}
+		named = true
+	}
 	src, err := pool.Source(ctx, v.ID)
 	if err != nil {
 		return nil
 	}
-	if len(lv.mountsOf(ctx, src)) > 0 {
+	if len(lv.mountsOf(ctx, src, named)) > 0 {
 		return []string{lv.d.cfg.NodeID}
 	}
 	return nil
 }
 
 // mountsOf identifies src by device and inode, as Driver.identityOf does,
-// and looks it up in the table.
-func (lv *listView) mountsOf(ctx context.Context, src backend.Source) []string {
+// and looks it up in the table. named: src is a directory named by its
+// volume's ID, so only the mounts of that name need a stat.
+func (lv *listView) mountsOf(ctx context.Context, src backend.Source, named bool) []string {
 	var st unix.Stat_t
 	if unix.Stat(src.Path, &st) != nil {
 		return nil
 	}
 	switch src.Kind {
 	case backend.SourceDirectory:
+		if named {
+			return lv.mounts.DirNamed(filepath.Base(src.Path), st.Dev, st.Ino)
+		}
 		return lv.mounts.Dir(st.Dev, st.Ino)
 	case backend.SourceBlockDevice:
 		return lv.mounts.Devices([]uint64{st.Rdev})

@@ -2,15 +2,18 @@ package driver
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 	mount "k8s.io/mount-utils"
 	testingexec "k8s.io/utils/exec/testing"
@@ -177,6 +180,110 @@ func BenchmarkListVolumesDirPool(b *testing.B) {
 		}
 		if got != n {
 			b.Fatalf("listed %d", got)
+		}
+	}
+}
+
+// TestSizeBoundCoversEntry: the budget's cheap bound is never below the
+// entry's encoded size, whatever lengths and bytes the record's values
+// have (length prefixes grow at 128 and 16,384 bytes; JSON escapes).
+func TestSizeBoundCoversEntry(t *testing.T) {
+	d, _, _ := newTestDriver(t)
+	lv := &listView{d: d, enforced: map[string]*bool{}}
+	yes := true
+	for _, n := range []int{0, 1, 127, 128, 200, 16383, 16384, 70000} {
+		for _, tc := range []struct {
+			name string
+			fill string
+		}{
+			{"ascii", "a"},
+			{"escaped", "<\"&"},
+			{"unicode", "é"},
+			{"invalid utf-8", "\xff"},
+		} {
+			s := strings.Repeat(tc.fill, n)
+			for _, v := range []store.Volume{
+				{ID: "vol-0000000000000001", Name: "n", Pool: s, CapacityBytes: 1 << 62},
+				{ID: "vol-0000000000000001", Name: "n", Pool: "p", FsType: s, MkfsOptions: s, Encryption: s, KeyID: s, SourceSnapshotID: s},
+				{ID: s, Name: "n", Pool: "p", SourceVolumeID: s, CapacityBytes: -1},
+			} {
+				raw, err := json.Marshal(v)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, enforced := range []*bool{nil, &yes, new(bool)} {
+					e := &csi.ListVolumesResponse_Entry{
+						Volume: d.volumeMessage(v, enforced),
+						Status: &csi.ListVolumesResponse_VolumeStatus{PublishedNodeIds: []string{d.cfg.NodeID}},
+					}
+					if got, want := lv.sizeBound(len(raw)), entrySize(e); got < want {
+						t.Errorf("%s × %d: bound %d < entry size %d", tc.name, n, got, want)
+					}
+				}
+			}
+		}
+	}
+}
+
+// TestListPublishedByRootName: a dir pool's listing finds bind mounts by
+// the root name the mount table shows, and decides by device and inode,
+// so a foreign directory of the same name mounted somewhere is not the
+// volume's mount.
+func TestListPublishedByRootName(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for mount(2)")
+	}
+	ctx := context.Background()
+	dir := t.TempDir()
+	st, err := store.Open(ctx, filepath.Join(dir, "cairn.db"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	pool, err := dirpool.New(ctx, filepath.Join(dir, "pool"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mounter := &mount.SafeFormatAndMount{Interface: mount.NewFakeMounter(nil), Exec: &testingexec.FakeExec{}}
+	d, err := New(Config{Name: "cairn.csi.dev", NodeID: "node-1", Mode: ModeAll,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, st, []Pool{{Name: "default", Backend: pool}}, mounter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	putVolumes(t, st, 3, "")
+	for i := range 3 {
+		if _, err := pool.CreateVolume(ctx, fmt.Sprintf("vol-%016x", i), backend.Spec{CapacityBytes: 1 << 20, AccessType: backend.AccessMount}, func(backend.Volume) error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bind := func(src string) {
+		tgt, err := os.MkdirTemp(dir, "target")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Mount(src, tgt, "", unix.MS_BIND, ""); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Unmount(tgt, unix.MNT_DETACH) })
+	}
+	bind(filepath.Join(dir, "pool", "volumes", fmt.Sprintf("vol-%016x", 0)))
+	impostor := filepath.Join(dir, "elsewhere", fmt.Sprintf("vol-%016x", 1)) // same name, another directory
+	if err := os.MkdirAll(impostor, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bind(impostor)
+	resp, err := d.ListVolumes(ctx, &csi.ListVolumesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string][]string{}
+	for _, e := range resp.GetEntries() {
+		got[e.GetVolume().GetVolumeId()] = e.GetStatus().GetPublishedNodeIds()
+	}
+	for i, want := range [][]string{{"node-1"}, nil, nil} {
+		id := fmt.Sprintf("vol-%016x", i)
+		if fmt.Sprint(got[id]) != fmt.Sprint(want) {
+			t.Errorf("%s published on %q, want %q", id, got[id], want)
 		}
 	}
 }

@@ -12,6 +12,7 @@ package mounttable
 
 import (
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 	mount "k8s.io/mount-utils"
@@ -21,13 +22,31 @@ import (
 type DevIno struct{ Dev, Ino uint64 }
 
 // Table is one reading of /proc/self/mountinfo, indexed.
+//
+// Reading parses the table and indexes it by each mount's root name (the
+// last element of the directory the mount shows), which costs no system
+// call per mount. The device and inode indexes stat every mount point, so
+// they are built on the first Dir or Devices call only: a listing of
+// directory volumes asks RootNamed for each volume and stats only the
+// few mounts whose root carries a volume's name.
 type Table struct {
+	mounts []entry
+	byName map[string][]int // last element of the mount's root -> mounts
+
+	once     sync.Once
 	byDevIno map[DevIno][]string // (st_dev, st_ino) of the mount point
 	byDev    map[uint64][]string // st_dev of a mount point that is not a device node
 	byRdev   map[uint64][]string // a block device node at the mount point, or the mount's /dev/ source
 }
 
-// Read reads /proc/self/mountinfo and stats every mount point once.
+type entry struct {
+	mountPoint, source string
+	stated             bool
+	st                 unix.Stat_t
+	statErr            error
+}
+
+// Read reads /proc/self/mountinfo. It stats nothing yet.
 func Read() (*Table, error) { return ReadFile("/proc/self/mountinfo") }
 
 // ReadFile is Read from a mountinfo file of another process or a test.
@@ -36,34 +55,87 @@ func ReadFile(path string) (*Table, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Table{byDevIno: map[DevIno][]string{}, byDev: map[uint64][]string{}, byRdev: map[uint64][]string{}}
+	t := &Table{byName: map[string][]int{}}
 	seen := map[string]bool{}
 	for _, mi := range infos {
-		mi.MountPoint, mi.Source = Unescape(mi.MountPoint), Unescape(mi.Source)
-		if seen[mi.MountPoint] {
+		mp := Unescape(mi.MountPoint)
+		if seen[mp] {
 			// Stacked mounts: stat sees only the top one, as before.
 			continue
 		}
-		seen[mi.MountPoint] = true
-		var st unix.Stat_t
-		if unix.Stat(mi.MountPoint, &st) == nil {
-			t.byDevIno[DevIno{st.Dev, st.Ino}] = append(t.byDevIno[DevIno{st.Dev, st.Ino}], mi.MountPoint)
-			if st.Mode&unix.S_IFMT == unix.S_IFBLK {
-				t.byRdev[st.Rdev] = appendNew(t.byRdev[st.Rdev], mi.MountPoint)
-			} else {
-				t.byDev[st.Dev] = append(t.byDev[st.Dev], mi.MountPoint)
-			}
-		}
-		// A btrfs filesystem on a loop device reports an anonymous st_dev,
-		// so the device node mount(2) was given counts too.
-		if strings.HasPrefix(mi.Source, "/dev/") {
-			var sst unix.Stat_t
-			if unix.Stat(mi.Source, &sst) == nil && sst.Mode&unix.S_IFMT == unix.S_IFBLK {
-				t.byRdev[sst.Rdev] = appendNew(t.byRdev[sst.Rdev], mi.MountPoint)
-			}
+		seen[mp] = true
+		t.mounts = append(t.mounts, entry{mountPoint: mp, source: Unescape(mi.Source)})
+		if name := rootName(Unescape(mi.Root)); name != "" {
+			t.byName[name] = append(t.byName[name], len(t.mounts)-1)
 		}
 	}
 	return t, nil
+}
+
+// rootName is the last element of a mount's root ("/a/vol-1" -> "vol-1").
+// A root whose directory was deleted ("/a/vol-1//deleted") names nothing:
+// it shows no live directory.
+func rootName(root string) string {
+	if strings.HasSuffix(root, "//deleted") {
+		return ""
+	}
+	root = strings.TrimRight(root, "/")
+	if i := strings.LastIndexByte(root, '/'); i >= 0 {
+		root = root[i+1:]
+	}
+	return root
+}
+
+func (t *Table) stat(i int) (*unix.Stat_t, error) {
+	e := &t.mounts[i]
+	if !e.stated {
+		e.stated, e.statErr = true, unix.Stat(e.mountPoint, &e.st)
+	}
+	return &e.st, e.statErr
+}
+
+// index builds the device and inode indexes, stat'ing every mount point
+// once.
+func (t *Table) index() {
+	t.once.Do(func() {
+		t.byDevIno, t.byDev, t.byRdev = map[DevIno][]string{}, map[uint64][]string{}, map[uint64][]string{}
+		for i := range t.mounts {
+			mp, src := t.mounts[i].mountPoint, t.mounts[i].source
+			if st, err := t.stat(i); err == nil {
+				t.byDevIno[DevIno{st.Dev, st.Ino}] = append(t.byDevIno[DevIno{st.Dev, st.Ino}], mp)
+				if st.Mode&unix.S_IFMT == unix.S_IFBLK {
+					t.byRdev[st.Rdev] = appendNew(t.byRdev[st.Rdev], mp)
+				} else {
+					t.byDev[st.Dev] = append(t.byDev[st.Dev], mp)
+				}
+			}
+			// A btrfs filesystem on a loop device reports an anonymous
+			// st_dev, so the device node mount(2) was given counts too.
+			if strings.HasPrefix(src, "/dev/") {
+				var sst unix.Stat_t
+				if unix.Stat(src, &sst) == nil && sst.Mode&unix.S_IFMT == unix.S_IFBLK {
+					t.byRdev[sst.Rdev] = appendNew(t.byRdev[sst.Rdev], mp)
+				}
+			}
+		}
+	})
+}
+
+// RootNamed reports whether any mount shows a directory named name: the
+// only mounts that can be bind mounts of a directory of that name. It is
+// a filter, not an answer; DirNamed decides by device and inode.
+func (t *Table) RootNamed(name string) bool { return len(t.byName[name]) > 0 }
+
+// DirNamed is Dir among the mounts whose root is named name, stat'ing
+// only those: the bind mounts of the directory (dev, ino) called name.
+func (t *Table) DirNamed(name string, dev, ino uint64) []string {
+	var out []string
+	for _, i := range t.byName[name] {
+		if st, err := t.stat(i); err == nil && st.Dev == dev && st.Ino == ino {
+			out = append(out, t.mounts[i].mountPoint)
+		}
+	}
+	return out
 }
 
 func appendNew(s []string, v string) []string {
@@ -77,11 +149,15 @@ func appendNew(s []string, v string) []string {
 
 // Dir returns the mount points showing the directory (dev, ino): its bind
 // mounts.
-func (t *Table) Dir(dev, ino uint64) []string { return t.byDevIno[DevIno{dev, ino}] }
+func (t *Table) Dir(dev, ino uint64) []string {
+	t.index()
+	return t.byDevIno[DevIno{dev, ino}]
+}
 
 // Devices returns the mount points of any of the block devices rdevs: a
 // filesystem on one of them, or the device node itself bind-mounted.
 func (t *Table) Devices(rdevs []uint64) []string {
+	t.index()
 	var out []string
 	for _, r := range rdevs {
 		for _, mp := range t.byRdev[r] {

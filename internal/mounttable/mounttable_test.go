@@ -55,6 +55,12 @@ func TestReadFindsBindMountsByInode(t *testing.T) {
 			if !slices.Equal(got, slices.Sorted(slices.Values(tc.want))) {
 				t.Fatalf("Dir(%s) = %q, want %q", tc.path, got, tc.want)
 			}
+			// By root name: the same answer, and no name without a mount.
+			name := filepath.Base(tc.path)
+			got = slices.Sorted(slices.Values(tbl.DirNamed(name, st.Dev, st.Ino)))
+			if !slices.Equal(got, slices.Sorted(slices.Values(tc.want))) || tbl.RootNamed(name) != (len(tc.want) > 0) {
+				t.Fatalf("DirNamed(%s) = %q, RootNamed %v; want %q", name, got, tbl.RootNamed(name), tc.want)
+			}
 		})
 	}
 }

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -554,4 +555,48 @@ func BenchmarkUpdateParallel(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
+}
+
+// TestListVolumesMatchesVolumes: a listing decodes every field a CSI
+// Volume message carries, as Volumes does, and the record's size.
+func TestListVolumesMatchesVolumes(t *testing.T) {
+	s := openTemp(t)
+	a := vol("vol-0000000000000001", "a")
+	b := vol("vol-0000000000000002", "b")
+	b.FsType, b.MkfsOptions, b.SourceSnapshotID, b.Encryption, b.KeyID = "xfs", "-b size=4096", "snap-0000000000000001", "fscrypt", "k1"
+	c := vol("vol-0000000000000003", "c")
+	c.SourceVolumeID, c.CapacityBytes = "vol-0000000000000001", 1<<40
+	put(t, s, a, b, c)
+	err := s.View(context.Background(), func(tx *Tx) error {
+		full, next, err := tx.Volumes("", 2)
+		if err != nil {
+			return err
+		}
+		listed, lnext, err := tx.ListVolumes("", 2)
+		if err != nil {
+			return err
+		}
+		if next != lnext || next != c.ID || len(listed) != len(full) {
+			t.Fatalf("pages differ: %d entries to %q, %d to %q", len(full), next, len(listed), lnext)
+		}
+		for i, f := range full {
+			want := Volume{ID: f.ID, Pool: f.Pool, CapacityBytes: f.CapacityBytes, FsType: f.FsType, MkfsOptions: f.MkfsOptions,
+				SourceSnapshotID: f.SourceSnapshotID, SourceVolumeID: f.SourceVolumeID, Encryption: f.Encryption, KeyID: f.KeyID}
+			if !equalVolume(listed[i].Volume, want) || listed[i].Volume.KeyID != want.KeyID {
+				t.Errorf("listed %+v, want %+v", listed[i].Volume, want)
+			}
+			raw, _ := json.Marshal(f)
+			if listed[i].RecordBytes != len(raw) {
+				t.Errorf("%s: RecordBytes %d, record is %d bytes", f.ID, listed[i].RecordBytes, len(raw))
+			}
+		}
+		rest, _, err := tx.ListVolumes(lnext, 0)
+		if err != nil || len(rest) != 1 || rest[0].ID != c.ID || rest[0].SourceVolumeID != c.SourceVolumeID || rest[0].CapacityBytes != 1<<40 {
+			t.Fatalf("second page %+v, %v", rest, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }

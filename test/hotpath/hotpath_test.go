@@ -198,55 +198,66 @@ func BenchmarkBindMount(b *testing.B) {
 
 // BenchmarkCreate measures the floor, then CreateVolume alone and with 16
 // callers, on one filesystem and in one run, and reports the ratios.
+//
+// The three are interleaved in rounds (a floor step before every
+// sequential create; a burst of 16 callers after every run of sequential
+// creates), so that on a shared machine each sees the same mix of other
+// load: measured one after the other, a burst of other work during one
+// phase alone moved the ratio by 2–4×.
 func BenchmarkCreate(b *testing.B) {
 	e := newEnv(b)
 	ctx := context.Background()
 	n := max(b.N, 50)
-	// Floor and Cairn rounds alternate, so that both see the same load
-	// from whatever else the machine runs.
+	const (
+		callers = 16
+		rounds  = 10
+	)
+	seqPer := max(n/rounds, 5) // sequential creates per round
+	parPer := max(seqPer/2, 4) // creates per caller per round's burst
 	fr := newFloor(b, filepath.Join(e.mnt, "floor"))
 	b.ResetTimer()
 	var times, floors []time.Duration
-	for range n {
-		floors = append(floors, fr.step())
+	var seqTotal, parTotal time.Duration
+	parOps := 0
+	for range rounds {
+		for range seqPer {
+			floors = append(floors, fr.step())
+			t0 := time.Now()
+			if _, err := e.ctl.CreateVolume(ctx, createReq()); err != nil {
+				b.Fatal(err)
+			}
+			d := time.Since(t0)
+			times = append(times, d)
+			seqTotal += d
+		}
+		var wg sync.WaitGroup
+		errs := make(chan error, callers)
 		t0 := time.Now()
-		if _, err := e.ctl.CreateVolume(ctx, createReq()); err != nil {
+		for range callers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range parPer {
+					if _, err := e.ctl.CreateVolume(ctx, createReq()); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		parTotal += time.Since(t0)
+		parOps += callers * parPer
+		close(errs)
+		for err := range errs {
 			b.Fatal(err)
 		}
-		times = append(times, time.Since(t0))
 	}
+	b.StopTimer()
 	fl := p50(floors)
 	seqP50 := p50(times)
-	var seqTotal time.Duration
-	for _, t := range times {
-		seqTotal += t
-	}
-	seqRate := float64(n) / seqTotal.Seconds()
-
-	const callers = 16
-	per := max(n/callers, 20)
-	var wg sync.WaitGroup
-	errs := make(chan error, callers)
-	t0 := time.Now()
-	for range callers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for range per {
-				if _, err := e.ctl.CreateVolume(ctx, createReq()); err != nil {
-					errs <- err
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	parRate := float64(callers*per) / time.Since(t0).Seconds()
-	b.StopTimer()
-	close(errs)
-	for err := range errs {
-		b.Fatal(err)
-	}
+	seqRate := float64(len(times)) / seqTotal.Seconds()
+	parRate := float64(parOps) / parTotal.Seconds()
 	b.ReportMetric(ms(fl), "floor-p50-ms")
 	b.ReportMetric(ms(seqP50), "seq-p50-ms")
 	b.ReportMetric(float64(seqP50)/float64(fl), "seq/floor")

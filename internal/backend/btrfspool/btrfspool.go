@@ -152,6 +152,10 @@ func fsName(magic int64) string {
 // Type implements backend.Backend.
 func (p *Pool) Type() string { return Type }
 
+// VolumeDirsNamedByID implements backend.DirsNamedByID: a volume is the
+// directory volumes/<id>.
+func (p *Pool) VolumeDirsNamedByID() bool { return true }
+
 // Check implements backend.Backend: the volumes directory must be a
 // writable directory on btrfs, and quotas must still be on (without them
 // no volume has a size, and creating one fails).

@@ -86,6 +86,10 @@ func NewWithLogger(ctx context.Context, root string, log *slog.Logger) (*Pool, e
 // Type implements backend.Backend.
 func (p *Pool) Type() string { return Type }
 
+// VolumeDirsNamedByID implements backend.DirsNamedByID: a volume is the
+// directory volumes/<id>.
+func (p *Pool) VolumeDirsNamedByID() bool { return true }
+
 // Check implements backend.Backend: the volumes directory must be a
 // writable directory.
 func (p *Pool) Check(ctx context.Context) error {

@@ -297,13 +297,15 @@ type runner struct {
 	nodeServed   bool
 	nodeID       string
 	nodeTopology *csi.Topology
-	topoAware    bool // VOLUME_ACCESSIBILITY_CONSTRAINTS
+	topoAware    bool      // VOLUME_ACCESSIBILITY_CONSTRAINTS
+	floor        *floorRig // with --work-dir, until the sequential creates are done
 }
 
 func (r *runner) run(ctx context.Context) error {
 	if err := r.discover(ctx); err != nil {
 		return err
 	}
+	defer r.finishFloor(ctx)
 	steps := []func(context.Context) error{r.floorPhases, r.throughputPhases, r.rssPhase, r.lifecyclePhase, r.dataPhases}
 	for _, step := range steps {
 		if err := ctx.Err(); err != nil {

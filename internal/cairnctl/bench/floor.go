@@ -24,9 +24,11 @@ const (
 	floorRounds         = 50
 )
 
-// floorPhases measures the durable floor of a create (mkdir, rename,
-// directory fsync, one bbolt commit of one record) and, as root, of a
-// stage or publish (mount(2) of a bind mount and umount2).
+// floorPhases prepares the durable floor of a create (mkdir, rename,
+// directory fsync, one bbolt commit of one record), whose rounds are
+// interleaved with the sequential creates (throughputPhases), and, as
+// root, measures the floor of a stage or publish (mount(2) of a bind
+// mount and umount2).
 func (r *runner) floorPhases(ctx context.Context) error {
 	if r.cfg.WorkDir == "" {
 		r.skip("floor", "no --work-dir to measure the filesystem's floor on")
@@ -36,9 +38,12 @@ func (r *runner) floorPhases(ctx context.Context) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("--work-dir: %w", err)
 	}
-	defer os.RemoveAll(dir)
-	if err := r.floorCreate(ctx, dir); err != nil {
+	rig, err := newFloorRig(dir)
+	if err != nil {
 		r.res.Phases = append(r.res.Phases, Phase{Name: PhaseFloorCreate, Errors: 1, Concurrency: 1, FirstError: err.Error()})
+		os.RemoveAll(dir)
+	} else {
+		r.floor = rig
 	}
 	if os.Geteuid() != 0 {
 		r.skip(PhaseFloorBindMount, "mount(2) needs root")
@@ -50,53 +55,84 @@ func (r *runner) floorPhases(ctx context.Context) error {
 	return nil
 }
 
-func (r *runner) floorCreate(ctx context.Context, dir string) error {
+// floorRig does one durable create's floor per step, in one directory
+// and one bbolt database.
+type floorRig struct {
+	dir, entries string
+	db           *bolt.DB
+	rec          []byte
+	n            int
+	s            sampler
+	elapsed      time.Duration
+}
+
+func newFloorRig(dir string) (*floorRig, error) {
 	entries := filepath.Join(dir, "entries")
 	if err := os.Mkdir(entries, 0o700); err != nil {
-		return err
+		return nil, err
 	}
 	db, err := bolt.Open(filepath.Join(dir, "floor.db"), 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer db.Close()
 	if err := db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucketIfNotExists([]byte("v")); return err }); err != nil {
-		return err
+		db.Close()
+		return nil, err
 	}
-	rec := make([]byte, 300) // about a volume record
-	var s sampler
-	start := time.Now()
-	for i := 0; i < floorRounds && ctx.Err() == nil; i++ {
-		id := fmt.Sprintf("vol-%016x", i)
-		t0 := time.Now()
-		err := func() error {
-			tmp := filepath.Join(entries, "new-"+id)
-			if err := unix.Mkdir(tmp, 0o700); err != nil {
-				return err
-			}
-			if err := unix.Rename(tmp, filepath.Join(entries, id)); err != nil {
-				return err
-			}
-			fd, err := unix.Open(entries, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-			if err != nil {
-				return err
-			}
-			err = unix.Fsync(fd)
-			unix.Close(fd)
-			if err != nil {
-				return err
-			}
-			return db.Update(func(tx *bolt.Tx) error { return tx.Bucket([]byte("v")).Put([]byte(id), rec) })
-		}()
-		s.add(time.Since(t0), err)
-		if err != nil {
-			break
+	return &floorRig{dir: dir, entries: entries, db: db, rec: make([]byte, 300)}, nil // about a volume record
+}
+
+// step times one round and records it; after an error it does nothing.
+func (f *floorRig) step() {
+	if f.s.errors > 0 {
+		return
+	}
+	id := fmt.Sprintf("vol-%016x", f.n)
+	f.n++
+	t0 := time.Now()
+	err := func() error {
+		tmp := filepath.Join(f.entries, "new-"+id)
+		if err := unix.Mkdir(tmp, 0o700); err != nil {
+			return err
 		}
+		if err := unix.Rename(tmp, filepath.Join(f.entries, id)); err != nil {
+			return err
+		}
+		fd, err := unix.Open(f.entries, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		err = unix.Fsync(fd)
+		unix.Close(fd)
+		if err != nil {
+			return err
+		}
+		return f.db.Update(func(tx *bolt.Tx) error { return tx.Bucket([]byte("v")).Put([]byte(id), f.rec) })
+	}()
+	d := time.Since(t0)
+	f.elapsed += d
+	f.s.add(d, err)
+}
+
+// finish tops the rounds up to floorRounds, records the phase and
+// removes the rig's files.
+func (r *runner) finishFloor(ctx context.Context) {
+	f := r.floor
+	if f == nil {
+		return
 	}
-	p := s.phase(PhaseFloorCreate, 1, time.Since(start))
-	p.Note = "mkdir, rename, directory fsync, one bbolt commit, on --work-dir's filesystem"
+	r.floor = nil
+	for f.n < floorRounds && ctx.Err() == nil && f.s.errors == 0 {
+		f.step()
+	}
+	f.db.Close()
+	os.RemoveAll(f.dir)
+	if f.s.empty() {
+		return
+	}
+	p := f.s.phase(PhaseFloorCreate, 1, f.elapsed)
+	p.Note = "mkdir, rename, directory fsync, one bbolt commit, on --work-dir's filesystem; a round before each sequential create"
 	r.res.Phases = append(r.res.Phases, p)
-	return nil
 }
 
 func (r *runner) floorBind(ctx context.Context, dir string) error {
