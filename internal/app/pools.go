@@ -197,15 +197,6 @@ func (kernelLoops) Refresh(ctx context.Context, dev string) error {
 	return loopdev.SetCapacity(ctx, dev)
 }
 
-func (kernelLoops) List(ctx context.Context) (map[string]string, error) {
-	devs, err := loopdev.List(ctx)
-	out := map[string]string{}
-	for _, d := range devs {
-		f := d.BackingFile
-		if d.Deleted {
-			f += " (deleted)"
-		}
-		out[d.Path] = f
-	}
-	return out, err
+func (kernelLoops) List(ctx context.Context) ([]loopdev.Device, error) {
+	return loopdev.List(ctx)
 }
