@@ -42,11 +42,10 @@ type Pool struct {
 }
 
 var (
-	_ backend.Backend         = (*Pool)(nil)
-	_ backend.Snapshotter     = (*Pool)(nil)
-	_ backend.SnapshotDeleter = (*Pool)(nil)
-	_ backend.ContentCreator  = (*Pool)(nil)
-	_ backend.Expander        = (*Pool)(nil)
+	_ backend.Backend        = (*Pool)(nil)
+	_ backend.Snapshotter    = (*Pool)(nil)
+	_ backend.ContentCreator = (*Pool)(nil)
+	_ backend.Expander       = (*Pool)(nil)
 )
 
 // New opens the btrfs pool at root, creating its layout if needed, and

@@ -66,7 +66,7 @@ func (p *Pool) CreateSnapshot(ctx context.Context, snapID, volID string, commit 
 	return snap, nil
 }
 
-// DeleteSnapshot implements backend.SnapshotDeleter. Volumes restored from
+// DeleteSnapshot implements backend.Snapshotter. Volumes restored from
 // the snapshot are subvolumes of their own and keep their data.
 func (p *Pool) DeleteSnapshot(ctx context.Context, snapID string, commit func() error) error {
 	if err := p.snapshots.Delete(ctx, snapID, commit); err != nil {

@@ -52,13 +52,9 @@ type Pool struct {
 
 var _ backend.Backend = (*Pool)(nil)
 
-// New opens the dir pool at root, creating its layout if needed.
-func New(ctx context.Context, root string) (*Pool, error) {
-	return NewWithLogger(ctx, root, slog.Default())
-}
-
-// NewWithLogger is New with a logger for the pool's own messages.
-func NewWithLogger(ctx context.Context, root string, log *slog.Logger) (*Pool, error) {
+// New opens the dir pool at root, creating its layout if needed. log may
+// be nil.
+func New(ctx context.Context, root string, log *slog.Logger) (*Pool, error) {
 	if !filepath.IsAbs(root) {
 		return nil, fmt.Errorf("dir pool path %q must be absolute: %w", root, errdefs.ErrInvalidArgument)
 	}

@@ -19,10 +19,9 @@ import (
 // quiesce the workload for a point-in-time snapshot, or use a btrfs pool.
 
 var (
-	_ backend.Snapshotter     = (*Pool)(nil)
-	_ backend.SnapshotDeleter = (*Pool)(nil)
-	_ backend.ContentCreator  = (*Pool)(nil)
-	_ backend.Expander        = (*Pool)(nil)
+	_ backend.Snapshotter    = (*Pool)(nil)
+	_ backend.ContentCreator = (*Pool)(nil)
+	_ backend.Expander       = (*Pool)(nil)
 )
 
 // CreateSnapshot implements backend.Snapshotter. A snapshot of an
@@ -64,7 +63,7 @@ func (p *Pool) createSnapshot(ctx context.Context, snapID, volID string, src bac
 	return snap, nil
 }
 
-// DeleteSnapshot implements backend.SnapshotDeleter.
+// DeleteSnapshot implements backend.Snapshotter.
 func (p *Pool) DeleteSnapshot(ctx context.Context, snapID string, commit func() error) error {
 	if err := p.snapshots.Delete(ctx, snapID, commit); err != nil {
 		return fmt.Errorf("delete snapshot %s: %w", snapID, err)

@@ -55,13 +55,13 @@ type Pool struct {
 }
 
 var (
-	_ backend.Backend         = (*Pool)(nil)
-	_ backend.Snapshotter     = (*Pool)(nil)
-	_ backend.SnapshotDeleter = (*Pool)(nil)
-	_ backend.ContentCreator  = (*Pool)(nil)
-	_ backend.Expander        = (*Pool)(nil)
-	_ backend.ImageFiles      = (*Pool)(nil)
-	_ backend.FormatRecorder  = (*Pool)(nil)
+	_ backend.Backend        = (*Pool)(nil)
+	_ backend.Snapshotter    = (*Pool)(nil)
+	_ backend.ContentCreator = (*Pool)(nil)
+	_ backend.Expander       = (*Pool)(nil)
+	_ backend.ImageFiles     = (*Pool)(nil)
+	_ backend.FormatRecorder = (*Pool)(nil)
+	_ backend.BlockCapable   = (*Pool)(nil)
 )
 
 // New opens the image pool at root, creating its layout if needed. log may
@@ -451,7 +451,7 @@ func recordedSource(path string) (string, bool) {
 	return "", false
 }
 
-// DeleteSnapshot implements backend.SnapshotDeleter. Volumes restored from
+// DeleteSnapshot implements backend.Snapshotter. Volumes restored from
 // the snapshot are independent files and are not affected.
 func (p *Pool) DeleteSnapshot(ctx context.Context, snapID string, commit func() error) error {
 	if err := p.snapshots.Delete(ctx, snapID, commit); err != nil {
