@@ -32,14 +32,13 @@ func Read() (*Table, error) { return ReadFile("/proc/self/mountinfo") }
 
 // ReadFile is Read from a mountinfo file of another process or a test.
 func ReadFile(path string) (*Table, error) {
-	infos, err := mount.ParseMountInfo(path)
+	infos, err := parse(path)
 	if err != nil {
 		return nil, err
 	}
 	t := &Table{byDevIno: map[DevIno][]string{}, byDev: map[uint64][]string{}, byRdev: map[uint64][]string{}}
 	seen := map[string]bool{}
 	for _, mi := range infos {
-		mi.MountPoint, mi.Source = Unescape(mi.MountPoint), Unescape(mi.Source)
 		if seen[mi.MountPoint] {
 			// Stacked mounts: stat sees only the top one, as before.
 			continue
@@ -64,6 +63,34 @@ func ReadFile(path string) (*Table, error) {
 		}
 	}
 	return t, nil
+}
+
+// parse reads a mountinfo file with mount-utils' parser, with the mount
+// points and sources unescaped.
+func parse(path string) ([]mount.MountInfo, error) {
+	infos, err := mount.ParseMountInfo(path)
+	if err != nil {
+		return nil, err
+	}
+	for i := range infos {
+		infos[i].MountPoint, infos[i].Source = Unescape(infos[i].MountPoint), Unescape(infos[i].Source)
+	}
+	return infos, nil
+}
+
+// MountPoints returns the mount points of the mountinfo file at path
+// (/proc/self/mountinfo for this process), unescaped, in the file's order,
+// without stat'ing any of them.
+func MountPoints(path string) ([]string, error) {
+	infos, err := parse(path)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, len(infos))
+	for _, mi := range infos {
+		out = append(out, mi.MountPoint)
+	}
+	return out, nil
 }
 
 func appendNew(s []string, v string) []string {
