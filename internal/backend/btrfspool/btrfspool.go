@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"strconv"
 	"sync/atomic"
@@ -142,18 +141,11 @@ func (p *Pool) Type() string { return Type }
 // writable directory on btrfs, and quotas must still be on (without them
 // no volume has a size, and creating one fails).
 func (p *Pool) Check(ctx context.Context) error {
-	st, err := os.Stat(p.Volumes.Path)
-	if err != nil {
-		return fmt.Errorf("btrfs pool %s: %w", p.Root, err)
-	}
-	if !st.IsDir() {
-		return fmt.Errorf("btrfs pool %s: %s is not a directory: %w", p.Root, p.Volumes.Path, errdefs.ErrFailedPrecondition)
+	if err := p.CheckDirs(p.Volumes.Path); err != nil {
+		return err
 	}
 	if err := requireBtrfs(p.Volumes.Path); err != nil {
 		return err
-	}
-	if err := unix.Access(p.Volumes.Path, unix.W_OK|unix.X_OK); err != nil {
-		return fmt.Errorf("btrfs pool %s: not writable: %w", p.Root, err)
 	}
 	on, err := btrfs.QuotaEnabled(ctx, p.Root)
 	if err != nil {
@@ -168,18 +160,7 @@ func (p *Pool) Check(ctx context.Context) error {
 // Capacity implements backend.Backend from the filesystem's free space.
 // Limits reserve nothing, so it is the same for every volume size.
 func (p *Pool) Capacity(ctx context.Context) (backend.Capacity, error) {
-	var st unix.Statfs_t
-	if err := unix.Statfs(p.Root, &st); err != nil {
-		return backend.Capacity{}, fmt.Errorf("statfs %s: %w", p.Root, err)
-	}
-	bs := int64(st.Bsize)
-	avail := int64(st.Bavail) * bs
-	return backend.Capacity{
-		TotalBytes:     int64(st.Blocks) * bs,
-		AvailableBytes: avail,
-		MaxVolumeBytes: avail,
-		Enforced:       true,
-	}, nil
+	return p.FilesystemCapacity(true)
 }
 
 func checkSpec(spec backend.Spec) error {

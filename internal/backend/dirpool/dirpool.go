@@ -70,34 +70,13 @@ func (p *Pool) Type() string { return Type }
 // Check implements backend.Backend: the volumes directory must be a
 // writable directory.
 func (p *Pool) Check(ctx context.Context) error {
-	st, err := os.Stat(p.Volumes.Path)
-	if err != nil {
-		return fmt.Errorf("dir pool %s: %w", p.Root, err)
-	}
-	if !st.IsDir() {
-		return fmt.Errorf("dir pool %s: %s is not a directory", p.Root, p.Volumes.Path)
-	}
-	if err := unix.Access(p.Volumes.Path, unix.W_OK|unix.X_OK); err != nil {
-		return fmt.Errorf("dir pool %s: not writable: %w", p.Root, err)
-	}
-	return nil
+	return p.CheckDirs(p.Volumes.Path)
 }
 
 // Capacity implements backend.Backend from the filesystem's free space.
 // Limits reserve nothing, so it is the same for every volume size.
 func (p *Pool) Capacity(ctx context.Context) (backend.Capacity, error) {
-	var st unix.Statfs_t
-	if err := unix.Statfs(p.Root, &st); err != nil {
-		return backend.Capacity{}, fmt.Errorf("statfs %s: %w", p.Root, err)
-	}
-	bs := int64(st.Bsize)
-	avail := int64(st.Bavail) * bs
-	return backend.Capacity{
-		TotalBytes:     int64(st.Blocks) * bs,
-		AvailableBytes: avail,
-		MaxVolumeBytes: avail,
-		Enforced:       p.quota,
-	}, nil
+	return p.FilesystemCapacity(p.quota)
 }
 
 // CreateVolume implements backend.Backend.

@@ -111,19 +111,7 @@ func (p *Pool) SupportsBlock() bool { return true }
 // Check implements backend.Backend: both directories must be writable
 // directories.
 func (p *Pool) Check(ctx context.Context) error {
-	for _, d := range []string{p.Volumes.Path, p.Snapshots.Path} {
-		st, err := os.Stat(d)
-		if err != nil {
-			return fmt.Errorf("image pool %s: %w", p.Root, err)
-		}
-		if !st.IsDir() {
-			return fmt.Errorf("image pool %s: %s is not a directory: %w", p.Root, d, errdefs.ErrFailedPrecondition)
-		}
-		if err := unix.Access(d, unix.W_OK|unix.X_OK); err != nil {
-			return fmt.Errorf("image pool %s: %s is not writable: %w", p.Root, d, err)
-		}
-	}
-	return nil
+	return p.CheckDirs(p.Volumes.Path, p.Snapshots.Path)
 }
 
 // Capacity implements backend.Backend from the pool filesystem's free
@@ -131,16 +119,7 @@ func (p *Pool) Check(ctx context.Context) error {
 // images are thin: see "Space" in the package comment for what
 // MaxVolumeBytes does and does not promise.
 func (p *Pool) Capacity(ctx context.Context) (backend.Capacity, error) {
-	total, avail, err := p.statfs()
-	if err != nil {
-		return backend.Capacity{}, err
-	}
-	return backend.Capacity{
-		TotalBytes:     total,
-		AvailableBytes: avail,
-		MaxVolumeBytes: avail,
-		Enforced:       true,
-	}, nil
+	return p.FilesystemCapacity(true)
 }
 
 func (p *Pool) statfs() (total, avail int64, err error) {

@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/cairn-csi/cairn/internal/backend"
 	"github.com/cairn-csi/cairn/internal/errdefs"
 )
@@ -29,6 +31,7 @@ type Layout struct {
 	Volumes   Dir    // <root>/volumes
 	Snapshots Dir    // <root>/snapshots
 	Log       *slog.Logger
+	kind      string // the pool type, for messages
 }
 
 // NewLayout checks root and lays out a pool of kind ("dir", "btrfs",
@@ -47,6 +50,7 @@ func NewLayout(kind, root string, log *slog.Logger, removeVolume, removeSnapshot
 		Volumes:   Dir{Path: filepath.Join(root, "volumes"), Remove: removeVolume},
 		Snapshots: Dir{Path: filepath.Join(root, "snapshots"), Remove: removeSnapshot},
 		Log:       log,
+		kind:      kind,
 	}, nil
 }
 
@@ -59,6 +63,43 @@ func (l Layout) MakeDirs() error {
 		}
 	}
 	return nil
+}
+
+// CheckDirs is the part of Check every such pool shares: each of dirs
+// (the pool's own paths) must be a directory this process can write.
+func (l Layout) CheckDirs(dirs ...string) error {
+	for _, d := range dirs {
+		st, err := os.Stat(d)
+		if err != nil {
+			return fmt.Errorf("%s pool %s: %w", l.kind, l.Root, err)
+		}
+		if !st.IsDir() {
+			return fmt.Errorf("%s pool %s: %s is not a directory: %w", l.kind, l.Root, d, errdefs.ErrFailedPrecondition)
+		}
+		if err := unix.Access(d, unix.W_OK|unix.X_OK); err != nil {
+			return fmt.Errorf("%s pool %s: %s is not writable: %w", l.kind, l.Root, d, err)
+		}
+	}
+	return nil
+}
+
+// FilesystemCapacity is a Capacity from the free space of the filesystem
+// holding the pool. Limits (quota, qgroups, image lengths) reserve
+// nothing, so it is the same for every volume size. enforced says whether
+// the pool holds each volume to its size.
+func (l Layout) FilesystemCapacity(enforced bool) (backend.Capacity, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(l.Root, &st); err != nil {
+		return backend.Capacity{}, fmt.Errorf("statfs %s: %w", l.Root, err)
+	}
+	bs := int64(st.Bsize)
+	avail := int64(st.Bavail) * bs
+	return backend.Capacity{
+		TotalBytes:     int64(st.Blocks) * bs,
+		AvailableBytes: avail,
+		MaxVolumeBytes: avail,
+		Enforced:       enforced,
+	}, nil
 }
 
 // DeleteVolume implements backend.Backend with the staged delete.
