@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every Cairn test: vet, the unit and integration suites with the race
+# Runs every Cairn test: vet, staticcheck, the unit and integration suites with the race
 # detector (root tests make their own loop-file filesystems), csi-sanity per
 # pool type, the crash harness with its CI kill count, a short run of every
 # fuzz target, the Kubernetes end-to-end test when a cluster is reachable,
@@ -15,6 +15,16 @@ failed=()
 
 echo "== go vet"
 go vet ./...
+
+echo "== staticcheck"
+# Pinned to a release that knows the module's Go version (2026.2 reads
+# go1.26); a missing or other staticcheck is run through the module proxy.
+staticcheck_version=2026.2.2
+if command -v staticcheck >/dev/null && [[ $(staticcheck -version) == *"$staticcheck_version"* ]]; then
+  staticcheck ./...
+else
+  go run "honnef.co/go/tools/cmd/staticcheck@$staticcheck_version" ./...
+fi
 
 echo "== host lane: go test -race"
 # -p 1 keeps tests that attach loop devices and mount filesystems from

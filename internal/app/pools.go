@@ -73,20 +73,30 @@ type poolOptions struct {
 	LVMFullPercent        float64 // --lvm-thin-full-percent
 }
 
-// poolTypes maps each pool type to its constructor.
-var poolTypes = map[string]func(ctx context.Context, path string, o poolOptions, log *slog.Logger) (backend.Backend, error){
-	btrfspool.Type: func(ctx context.Context, path string, _ poolOptions, log *slog.Logger) (backend.Backend, error) {
-		return btrfspool.New(ctx, path, log)
-	},
-	dirpool.Type: func(ctx context.Context, path string, _ poolOptions, log *slog.Logger) (backend.Backend, error) {
-		return dirpool.NewWithLogger(ctx, path, log)
-	},
-	imagepool.Type: func(ctx context.Context, path string, _ poolOptions, log *slog.Logger) (backend.Backend, error) {
-		return imagepool.New(ctx, path, log)
-	},
+// poolOpener opens one pool of a type.
+type poolOpener func(ctx context.Context, path string, o poolOptions, log *slog.Logger) (backend.Backend, error)
+
+// poolTypes maps each pool type to its constructor. The directory-rooted
+// pools share one constructor shape, New(ctx, path, log); the lvm pool
+// also takes the --lvm-* flags.
+var poolTypes = map[string]poolOpener{
+	btrfspool.Type: opener(btrfspool.New),
+	dirpool.Type:   opener(dirpool.New),
+	imagepool.Type: opener(imagepool.New),
 	lvmpool.Type: func(ctx context.Context, spec string, o poolOptions, log *slog.Logger) (backend.Backend, error) {
 		return lvmpool.New(ctx, spec, lvmpool.Options{OverProvisionRatio: o.LVMOverProvisionRatio, FullPercent: o.LVMFullPercent, Log: log})
 	},
+}
+
+// opener adapts a pool constructor of the common shape to a poolOpener.
+func opener[P backend.Backend](newPool func(ctx context.Context, path string, log *slog.Logger) (P, error)) poolOpener {
+	return func(ctx context.Context, path string, _ poolOptions, log *slog.Logger) (backend.Backend, error) {
+		p, err := newPool(ctx, path, log)
+		if err != nil {
+			return nil, err // not a typed nil in a non-nil interface
+		}
+		return p, nil
+	}
 }
 
 // PoolTypes lists the pool types this build knows.
@@ -197,15 +207,6 @@ func (kernelLoops) Refresh(ctx context.Context, dev string) error {
 	return loopdev.SetCapacity(ctx, dev)
 }
 
-func (kernelLoops) List(ctx context.Context) (map[string]string, error) {
-	devs, err := loopdev.List(ctx)
-	out := map[string]string{}
-	for _, d := range devs {
-		f := d.BackingFile
-		if d.Deleted {
-			f += " (deleted)"
-		}
-		out[d.Path] = f
-	}
-	return out, err
+func (kernelLoops) List(ctx context.Context) ([]loopdev.Device, error) {
+	return loopdev.List(ctx)
 }

@@ -34,7 +34,11 @@
 //
 // # Lifecycle
 //
-//	b, _ := dirpool.New(ctx, "fast", "/srv/cairn/fast")
+// The pool types rooted at a directory (dir, btrfs, image) have
+// constructors of one shape, New(ctx, path, log) (*Pool, error). The
+// package example runs this on a dir pool:
+//
+//	b, _ := dirpool.New(ctx, "/srv/cairn/fast", log)
 //	b.Reconcile(ctx, inventory)                         // at start-up
 //	v, _ := b.CreateVolume(ctx, "vol-1", Spec{CapacityBytes: 1 << 30}, commit)
 //	src, _ := b.Source(ctx, "vol-1")                    // node layer mounts src
@@ -78,17 +82,35 @@ type Backend interface {
 	Reconcile(ctx context.Context, inv Inventory) (Report, error)
 }
 
-// Snapshotter is implemented by pools that can snapshot volumes.
+// Snapshotter is implemented by pools that can snapshot volumes. Making
+// and deleting are one interface: the driver advertises the capability from
+// it, and a pool that could make snapshots but not delete them would leak.
 type Snapshotter interface {
 	// CreateSnapshot makes snapshot snapID of volume volID, staged like
 	// CreateVolume. Idempotent for an existing snapID of the same volume.
 	CreateSnapshot(ctx context.Context, snapID, volID string, commit func(Snapshot) error) (Snapshot, error)
+	// DeleteSnapshot removes snapshot snapID, staged like DeleteVolume. A
+	// missing snapshot calls commit and returns nil.
+	DeleteSnapshot(ctx context.Context, snapID string, commit func() error) error
 }
 
-// SnapshotDeleter is implemented by pools that implement Snapshotter.
+// SnapshotDeleter is the DeleteSnapshot half of Snapshotter. Nothing
+// type-asserts it any more; it remains only for lvmpool's compile-time
+// assertion until that package names Snapshotter alone.
 type SnapshotDeleter interface {
-	// DeleteSnapshot removes snapshot snapID, staged like DeleteVolume.
 	DeleteSnapshot(ctx context.Context, snapID string, commit func() error) error
+}
+
+// BlockCapable is implemented by pools that can serve raw block volumes
+// (AccessBlock). A pool without it refuses them with ErrInvalidArgument.
+type BlockCapable interface {
+	SupportsBlock() bool
+}
+
+// SupportsBlock reports whether b serves raw block volumes.
+func SupportsBlock(b Backend) bool {
+	bc, ok := b.(BlockCapable)
+	return ok && bc.SupportsBlock()
 }
 
 // ContentCreator is implemented by pools that can create a volume

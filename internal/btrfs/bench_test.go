@@ -2,6 +2,7 @@ package btrfs
 
 import (
 	"context"
+	"github.com/cairn-csi/cairn/internal/testfs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -16,7 +17,7 @@ import (
 // copy, so it should not grow with the data.
 func BenchmarkSnapshot1GiB(b *testing.B) {
 	ctx := context.Background()
-	mnt := newTestFS(b, 3<<30)
+	mnt := testfs.New(b, "btrfs", 3<<30)
 	src := filepath.Join(mnt, "src")
 	if err := CreateSubvolume(ctx, mnt, "src"); err != nil {
 		b.Fatal(err)

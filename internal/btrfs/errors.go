@@ -1,40 +1,7 @@
 package btrfs
 
-import (
-	"errors"
-	"fmt"
+import "github.com/cairn-csi/cairn/internal/errdefs"
 
-	"golang.org/x/sys/unix"
-
-	"github.com/cairn-csi/cairn/internal/errdefs"
-)
-
-// pathErr wraps err from op on path with the errdefs class it implies, so
-// callers can test either errors.Is(err, unix.EEXIST) or the class.
-func pathErr(op, path string, err error) error {
-	if class := classOf(err); class != nil {
-		return fmt.Errorf("btrfs: %s %q: %w: %w", op, path, class, err)
-	}
-	return fmt.Errorf("btrfs: %s %q: %w", op, path, err)
-}
-
-func classOf(err error) error {
-	var errno unix.Errno
-	if !errors.As(err, &errno) {
-		return nil
-	}
-	switch errno {
-	case unix.ENOENT:
-		return errdefs.ErrNotFound
-	case unix.EEXIST:
-		return errdefs.ErrAlreadyExists
-	case unix.EDQUOT, unix.ENOSPC:
-		return errdefs.ErrResourceExhausted
-	case unix.ENOTTY, unix.EOPNOTSUPP, unix.ENOSYS:
-		return errdefs.ErrNotSupported
-	case unix.ENOTEMPTY, unix.EBUSY, unix.EROFS, unix.EXDEV, unix.ENOTCONN:
-		// ENOTCONN is what the qgroup ioctls return while quotas are off.
-		return errdefs.ErrFailedPrecondition
-	}
-	return nil
-}
+// pathErr wraps err from op on path with the errdefs class its errno
+// implies (errdefs.PathError).
+func pathErr(op, path string, err error) error { return errdefs.PathError("btrfs", op, path, err) }

@@ -3,6 +3,7 @@ package btrfs
 import (
 	"context"
 	"errors"
+	"github.com/cairn-csi/cairn/internal/testfs"
 	"path/filepath"
 	"testing"
 	"time"
@@ -16,7 +17,7 @@ const mib = 1 << 20
 
 func TestEnableQuota(t *testing.T) {
 	ctx := context.Background()
-	mnt := newTestFS(t, 512<<20)
+	mnt := testfs.New(t, "btrfs", 512<<20)
 	if err := CreateSubvolume(ctx, mnt, "vol"); err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +62,7 @@ func TestEnableQuota(t *testing.T) {
 
 func TestUsage(t *testing.T) {
 	ctx := context.Background()
-	mnt := newTestFS(t, 512<<20)
+	mnt := testfs.New(t, "btrfs", 512<<20)
 	if err := EnableQuota(ctx, mnt); err != nil {
 		t.Fatal(err)
 	}
@@ -81,11 +82,11 @@ func TestUsage(t *testing.T) {
 		wantLimit uint64
 	}{
 		{"empty", func() error { return nil }, 0, 0, 0},
-		{"8MiB", func() error { _, err := writeFile(filepath.Join(vol, "a"), 8*mib, 1); return err }, 8 * mib, 8 * mib, 0},
+		{"8MiB", func() error { _, err := testfs.WriteFile(filepath.Join(vol, "a"), 8*mib, 1); return err }, 8 * mib, 8 * mib, 0},
 		{"limit", func() error { return SetLimit(ctx, vol, 100*mib) }, 8 * mib, 8 * mib, 100 * mib},
 		// A snapshot shares every extent: referenced stays, exclusive drops.
 		{"snapshot", func() error { return Snapshot(ctx, vol, mnt, "snap", true) }, 8 * mib, 0, 100 * mib},
-		{"4MiB more", func() error { _, err := writeFile(filepath.Join(vol, "b"), 4*mib, 2); return err }, 12 * mib, 4 * mib, 100 * mib},
+		{"4MiB more", func() error { _, err := testfs.WriteFile(filepath.Join(vol, "b"), 4*mib, 2); return err }, 12 * mib, 4 * mib, 100 * mib},
 		{"no limit", func() error { return SetLimit(ctx, vol, 0) }, 12 * mib, 4 * mib, 0},
 	}
 	for _, st := range steps {
@@ -113,7 +114,7 @@ func TestUsage(t *testing.T) {
 
 func TestLimitEnforced(t *testing.T) {
 	ctx := context.Background()
-	mnt := newTestFS(t, 512<<20)
+	mnt := testfs.New(t, "btrfs", 512<<20)
 	if err := EnableQuota(ctx, mnt); err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +126,7 @@ func TestLimitEnforced(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	written, err := writeFile(filepath.Join(vol, "big"), 32*mib, 3)
+	written, err := testfs.WriteFile(filepath.Join(vol, "big"), 32*mib, 3)
 	if !errors.Is(err, unix.EDQUOT) && !errors.Is(err, unix.ENOSPC) {
 		t.Fatalf("writing 32 MiB under a 16 MiB limit: wrote %d bytes, err %v; want EDQUOT or ENOSPC", written, err)
 	}
@@ -146,7 +147,7 @@ func TestLimitEnforced(t *testing.T) {
 	if err := SetLimit(ctx, vol, 64*mib); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := writeFile(filepath.Join(vol, "more"), 16*mib, 4); err != nil {
+	if _, err := testfs.WriteFile(filepath.Join(vol, "more"), 16*mib, 4); err != nil {
 		t.Errorf("write after raising the limit: %v", err)
 	}
 }
@@ -155,7 +156,7 @@ func TestLimitEnforced(t *testing.T) {
 // whichever way the running kernel handles it (see RemoveQgroup).
 func TestDeleteRemovesQgroup(t *testing.T) {
 	ctx := context.Background()
-	mnt := newTestFS(t, 512<<20)
+	mnt := testfs.New(t, "btrfs", 512<<20)
 	if err := EnableQuota(ctx, mnt); err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +167,7 @@ func TestDeleteRemovesQgroup(t *testing.T) {
 	if err := SetLimit(ctx, vol, 64*mib); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := writeFile(filepath.Join(vol, "f"), 4*mib, 5); err != nil {
+	if _, err := testfs.WriteFile(filepath.Join(vol, "f"), 4*mib, 5); err != nil {
 		t.Fatal(err)
 	}
 	if err := Snapshot(ctx, vol, mnt, "snap", true); err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/cairn-csi/cairn/internal/testfs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -115,7 +116,7 @@ func TestCanceledContext(t *testing.T) {
 }
 
 func TestIsBtrfs(t *testing.T) {
-	mnt := newTestFS(t, 512<<20)
+	mnt := testfs.New(t, "btrfs", 512<<20)
 	for _, tc := range []struct {
 		path    string
 		want    bool
@@ -134,7 +135,7 @@ func TestIsBtrfs(t *testing.T) {
 
 func TestSubvolumesAndSnapshots(t *testing.T) {
 	ctx := context.Background()
-	mnt := newTestFS(t, 512<<20)
+	mnt := testfs.New(t, "btrfs", 512<<20)
 	src := filepath.Join(mnt, "src")
 	data := []byte("hello, cairn\n")
 
@@ -243,7 +244,7 @@ func TestSubvolumesAndSnapshots(t *testing.T) {
 
 func TestSetReadOnly(t *testing.T) {
 	ctx := context.Background()
-	mnt := newTestFS(t, 512<<20)
+	mnt := testfs.New(t, "btrfs", 512<<20)
 	vol := filepath.Join(mnt, "vol")
 	if err := CreateSubvolume(ctx, mnt, "vol"); err != nil {
 		t.Fatal(err)
@@ -268,7 +269,7 @@ func TestSetReadOnly(t *testing.T) {
 
 func TestDeleteRefusals(t *testing.T) {
 	ctx := context.Background()
-	mnt := newTestFS(t, 512<<20)
+	mnt := testfs.New(t, "btrfs", 512<<20)
 	plain := filepath.Join(mnt, "plain")
 	if err := os.Mkdir(plain, 0o755); err != nil {
 		t.Fatal(err)
@@ -305,7 +306,7 @@ func TestDeleteRefusals(t *testing.T) {
 // if the retry fails too.
 func TestDeleteReadOnlyFallback(t *testing.T) {
 	ctx := context.Background()
-	mnt := newTestFS(t, 512<<20)
+	mnt := testfs.New(t, "btrfs", 512<<20)
 	refuseRO := func(pfd int, name string) error {
 		if ro, err := IsReadOnly(filepath.Join(mnt, name)); err == nil && ro {
 			return unix.EPERM

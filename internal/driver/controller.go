@@ -688,7 +688,7 @@ func (d *Driver) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (
 		return &csi.GetCapacityResponse{AvailableCapacity: 0, MaximumVolumeSize: wrapperspb.Int64(0)}, nil
 	}
 	if at, _, err := accessOf(req.GetVolumeCapabilities()); err == nil && len(req.GetVolumeCapabilities()) > 0 && at == backend.AccessBlock {
-		if !supportsBlock(pool) {
+		if !backend.SupportsBlock(pool) {
 			return &csi.GetCapacityResponse{AvailableCapacity: 0, MaximumVolumeSize: wrapperspb.Int64(0)}, nil
 		}
 	}
@@ -700,14 +700,6 @@ func (d *Driver) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (
 		AvailableCapacity: c.AvailableBytes,
 		MaximumVolumeSize: wrapperspb.Int64(c.MaxVolumeBytes),
 	}, nil
-}
-
-// BlockCapable is implemented by pools that serve raw block volumes.
-type blockCapable interface{ SupportsBlock() bool }
-
-func supportsBlock(b backend.Backend) bool {
-	bc, ok := b.(blockCapable)
-	return ok && bc.SupportsBlock()
 }
 
 // ControllerGetCapabilities implements csi.ControllerServer.
@@ -984,7 +976,7 @@ func (d *Driver) deleteSnapshot(ctx context.Context, id string) error {
 	if !ok {
 		return fmt.Errorf("pool %q is not configured: %w", s.Pool, errdefs.ErrFailedPrecondition)
 	}
-	sd, ok := pool.(backend.SnapshotDeleter)
+	sd, ok := pool.(backend.Snapshotter)
 	if !ok {
 		return fmt.Errorf("pool %s cannot delete snapshots: %w", s.Pool, errdefs.ErrFailedPrecondition)
 	}

@@ -166,10 +166,13 @@ func (lv *listView) readLoops(ctx context.Context) map[mounttable.DevIno][]uint6
 		lv.d.log.Warn("listing loop devices for a listing", "err", err)
 		return out
 	}
-	for dev, file := range devs {
+	for _, dev := range devs {
+		if dev.Deleted {
+			continue
+		}
 		var fst, dst unix.Stat_t
-		if unix.Stat(file, &fst) != nil || unix.Stat(dev, &dst) != nil {
-			continue // unlinked (" (deleted)") or gone since
+		if unix.Stat(dev.BackingFile, &fst) != nil || unix.Stat(dev.Path, &dst) != nil {
+			continue // gone since
 		}
 		k := mounttable.DevIno{Dev: fst.Dev, Ino: fst.Ino}
 		out[k] = append(out[k], dst.Rdev)

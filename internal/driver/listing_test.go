@@ -134,7 +134,7 @@ func BenchmarkListVolumesDirPool(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer st.Close()
-	pool, err := dirpool.New(ctx, filepath.Join(dir, "pool"))
+	pool, err := dirpool.New(ctx, filepath.Join(dir, "pool"), nil)
 	if err != nil {
 		b.Fatal(err)
 	}

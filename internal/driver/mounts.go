@@ -14,6 +14,7 @@ import (
 
 	"github.com/cairn-csi/cairn/internal/backend"
 	"github.com/cairn-csi/cairn/internal/errdefs"
+	"github.com/cairn-csi/cairn/internal/loopdev"
 	"github.com/cairn-csi/cairn/internal/mountfd"
 )
 
@@ -29,9 +30,9 @@ type LoopDevices interface {
 	Detach(ctx context.Context, dev string) error
 	// Refresh makes dev see its file's current size.
 	Refresh(ctx context.Context, dev string) error
-	// List returns every attached loop device and its backing file as the
-	// kernel reports it (with " (deleted)" when the file was unlinked).
-	List(ctx context.Context) (map[string]string, error)
+	// List returns every attached loop device. A device whose backing file
+	// was unlinked has Deleted set; BackingFile is its last path.
+	List(ctx context.Context) ([]loopdev.Device, error)
 }
 
 // maxStackedMounts bounds how many layers unmount peels off one path: a

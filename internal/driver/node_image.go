@@ -54,29 +54,28 @@ func (d *Driver) reconcileLoops(ctx context.Context) {
 		d.log.Error("reconcile: list loop devices", "err", err)
 		return
 	}
-	for dev, backing := range devs {
-		file, deleted := strings.CutSuffix(backing, " (deleted)")
+	for _, dev := range devs {
 		for _, name := range d.poolOrder {
 			imgs, ok := d.pools[name].(backend.ImageFiles)
 			if !ok {
 				continue
 			}
-			id, ok := imgs.VolumeForImage(file)
+			id, ok := imgs.VolumeForImage(dev.BackingFile)
 			if !ok {
 				continue
 			}
 			_, srcErr := d.pools[name].Source(ctx, id)
-			if !deleted && !errdefs.Is(srcErr, errdefs.ErrNotFound) {
+			if !dev.Deleted && !errdefs.Is(srcErr, errdefs.ErrNotFound) {
 				continue // a live volume: its workload may still be using it
 			}
 			if err := closeLUKS(ctx, id); err != nil {
 				d.log.Error("reconcile: cannot close the mapping of a deleted volume", "volume", id, "err", err)
 			}
-			if err := d.cfg.Loop.Detach(ctx, dev); err != nil {
-				d.log.Error("reconcile: cannot detach loop device of a deleted volume", "device", dev, "image", backing, "err", err)
+			if err := d.cfg.Loop.Detach(ctx, dev.Path); err != nil {
+				d.log.Error("reconcile: cannot detach loop device of a deleted volume", "device", dev.Path, "image", dev.BackingFile, "deleted", dev.Deleted, "err", err)
 				continue
 			}
-			d.log.Info("reconcile: detached loop device of a deleted volume", "device", dev, "image", backing, "pool", name)
+			d.log.Info("reconcile: detached loop device of a deleted volume", "device", dev.Path, "image", dev.BackingFile, "deleted", dev.Deleted, "pool", name)
 		}
 	}
 }
@@ -214,12 +213,11 @@ func (d *Driver) detachDeletedImage(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	for dev, backing := range devs {
-		file, _ := strings.CutSuffix(backing, " (deleted)")
-		if !d.isImageOf(file, id) {
+	for _, dev := range devs {
+		if !d.isImageOf(dev.BackingFile, id) {
 			continue
 		}
-		st, err := statT(dev)
+		st, err := statT(dev.Path)
 		if err != nil {
 			continue // detached since List
 		}
@@ -228,9 +226,9 @@ func (d *Driver) detachDeletedImage(ctx context.Context, id string) error {
 			return err
 		}
 		if len(mps) > 0 {
-			return fmt.Errorf("volume %s was deleted but its device %s is still mounted at %v; unpublish it first: %w", id, dev, mps, errdefs.ErrFailedPrecondition)
+			return fmt.Errorf("volume %s was deleted but its device %s is still mounted at %v; unpublish it first: %w", id, dev.Path, mps, errdefs.ErrFailedPrecondition)
 		}
-		if err := d.detach(ctx, id, dev); err != nil {
+		if err := d.detach(ctx, id, dev.Path); err != nil {
 			return err
 		}
 	}

@@ -51,20 +51,20 @@ func Read() (*Table, error) { return ReadFile("/proc/self/mountinfo") }
 
 // ReadFile is Read from a mountinfo file of another process or a test.
 func ReadFile(path string) (*Table, error) {
-	infos, err := mount.ParseMountInfo(path)
+	infos, err := parse(path)
 	if err != nil {
 		return nil, err
 	}
 	t := &Table{byName: map[string][]int{}}
 	seen := map[string]bool{}
 	for _, mi := range infos {
-		mp := Unescape(mi.MountPoint)
+		mp := mi.MountPoint // parse unescaped it, and the source
 		if seen[mp] {
 			// Stacked mounts: stat sees only the top one, as before.
 			continue
 		}
 		seen[mp] = true
-		t.mounts = append(t.mounts, entry{mountPoint: mp, source: Unescape(mi.Source)})
+		t.mounts = append(t.mounts, entry{mountPoint: mp, source: mi.Source})
 		if name := rootName(Unescape(mi.Root)); name != "" {
 			t.byName[name] = append(t.byName[name], len(t.mounts)-1)
 		}
@@ -136,6 +136,34 @@ func (t *Table) DirNamed(name string, dev, ino uint64) []string {
 		}
 	}
 	return out
+}
+
+// parse reads a mountinfo file with mount-utils' parser, with the mount
+// points and sources unescaped.
+func parse(path string) ([]mount.MountInfo, error) {
+	infos, err := mount.ParseMountInfo(path)
+	if err != nil {
+		return nil, err
+	}
+	for i := range infos {
+		infos[i].MountPoint, infos[i].Source = Unescape(infos[i].MountPoint), Unescape(infos[i].Source)
+	}
+	return infos, nil
+}
+
+// MountPoints returns the mount points of the mountinfo file at path
+// (/proc/self/mountinfo for this process), unescaped, in the file's order,
+// without stat'ing any of them.
+func MountPoints(path string) ([]string, error) {
+	infos, err := parse(path)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, len(infos))
+	for _, mi := range infos {
+		out = append(out, mi.MountPoint)
+	}
+	return out, nil
 }
 
 func appendNew(s []string, v string) []string {

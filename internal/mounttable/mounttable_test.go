@@ -70,3 +70,21 @@ func TestReadFileMissing(t *testing.T) {
 		t.Fatal("want an error for a missing mountinfo")
 	}
 }
+
+func TestMountPoints(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "mountinfo")
+	lines := "22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/vda1 rw\n" +
+		"30 22 0:30 / /srv/a\\040b rw - tmpfs tmpfs rw\n" +
+		"31 30 0:31 /vol /srv/a\\040b/c rw - ext4 /dev/vdb rw\n"
+	if err := os.WriteFile(file, []byte(lines), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, err := mounttable.MountPoints(file)
+	want := []string{"/", "/srv/a b", "/srv/a b/c"}
+	if err != nil || !slices.Equal(got, want) {
+		t.Errorf("MountPoints = %q, %v; want %q", got, err, want)
+	}
+	if _, err := mounttable.MountPoints(filepath.Join(t.TempDir(), "missing")); err == nil {
+		t.Error("MountPoints(missing) = nil error")
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/cairn-csi/cairn/internal/testfs"
 	"os"
 	"path/filepath"
 	"testing"
@@ -290,7 +291,7 @@ func checkLimits(t *testing.T, ctx context.Context, mnt, name string, id uint32)
 	if err := os.Mkdir(filepath.Join(vol, "sub"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	written, err := writeFile(filepath.Join(vol, "sub", "big"), 16*mib)
+	written, err := testfs.WriteFileUnprivileged(filepath.Join(vol, "sub", "big"), 16*mib)
 	if want := quotaErrno(t, mnt); !errors.Is(err, want) { // XFS says ENOSPC for projects
 		t.Fatalf("writing 16 MiB under an 8 MiB limit: wrote %d, err %v; want %v", written, err, want)
 	}
@@ -313,7 +314,7 @@ func checkLimits(t *testing.T, ctx context.Context, mnt, name string, id uint32)
 	if err != nil || raised < 32*mib+1024 || raised > 32*mib+64<<10 {
 		t.Errorf("limit after SetLimit(32 MiB + 1) = %d, %v; want 32 MiB + 1 rounded up to at most 64 KiB", raised, err)
 	}
-	if _, err := writeFile(filepath.Join(vol, "more"), 8*mib); err != nil {
+	if _, err := testfs.WriteFileUnprivileged(filepath.Join(vol, "more"), 8*mib); err != nil {
 		t.Errorf("write after raising the limit: %v", err)
 	}
 
@@ -323,7 +324,7 @@ func checkLimits(t *testing.T, ctx context.Context, mnt, name string, id uint32)
 		t.Fatal(err)
 	}
 	for i, wantFail := range []bool{false, false, true} {
-		err := unprivileged(func() error {
+		err := testfs.Unprivileged(func() error {
 			return os.WriteFile(filepath.Join(vol, fmt.Sprintf("n%d", i)), nil, 0o644)
 		})
 		failed := errors.Is(err, unix.EDQUOT) || errors.Is(err, unix.ENOSPC)
@@ -341,7 +342,7 @@ func checkLimits(t *testing.T, ctx context.Context, mnt, name string, id uint32)
 	if _, limit, _, err := Usage(ctx, mnt, id); err != nil || limit != 0 {
 		t.Errorf("after ClearLimit: limit %d, %v; want 0", limit, err)
 	}
-	if _, err := writeFile(filepath.Join(vol, "unlimited"), 40*mib); err != nil {
+	if _, err := testfs.WriteFileUnprivileged(filepath.Join(vol, "unlimited"), 40*mib); err != nil {
 		t.Errorf("write after ClearLimit: %v", err)
 	}
 	if err := ClearLimit(ctx, mnt, id); err != nil {

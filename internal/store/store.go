@@ -26,6 +26,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/cairn-csi/cairn/internal/errdefs"
 )
@@ -95,7 +96,7 @@ func Open(ctx context.Context, path string, timeout time.Duration) (*Store, erro
 	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, berrors.ErrTimeout) {
 			return nil, fmt.Errorf("store %s is locked by another process: %w", path, errdefs.ErrUnavailable)
 		}
 		return nil, fmt.Errorf("store %s: %w", path, err)
@@ -159,7 +160,7 @@ func (s *Store) Update(ctx context.Context, fn func(*Tx) error) error {
 }
 
 func (s *Store) wrap(err error) error {
-	if errors.Is(err, bolt.ErrDatabaseNotOpen) {
+	if errors.Is(err, berrors.ErrDatabaseNotOpen) {
 		return fmt.Errorf("store closed: %w", errdefs.ErrUnavailable)
 	}
 	return err

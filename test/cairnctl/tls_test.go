@@ -20,11 +20,10 @@ import (
 
 // pki writes a CA and a certificate and key it signed, as PEM files.
 type pki struct {
-	dir      string
-	ca       *x509.Certificate
-	caKey    *ecdsa.PrivateKey
-	serial   int64
-	certFile map[string][2]string // name -> cert, key
+	dir    string
+	ca     *x509.Certificate
+	caKey  *ecdsa.PrivateKey
+	serial int64
 }
 
 func newPKI(t *testing.T, dir string) *pki {

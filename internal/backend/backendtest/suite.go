@@ -356,16 +356,12 @@ func testCapacity(t *testing.T, b backend.Backend, root string) {
 	}
 }
 
-func snapshotter(t *testing.T, b backend.Backend) (backend.Snapshotter, backend.SnapshotDeleter) {
+func snapshotter(t *testing.T, b backend.Backend) backend.Snapshotter {
 	sn, ok := b.(backend.Snapshotter)
 	if !ok {
 		t.Skipf("pool type %s does not implement backend.Snapshotter", b.Type())
 	}
-	sd, ok := b.(backend.SnapshotDeleter)
-	if !ok {
-		t.Fatalf("pool type %s implements Snapshotter but not SnapshotDeleter", b.Type())
-	}
-	return sn, sd
+	return sn
 }
 
 func snapshot(t *testing.T, sn backend.Snapshotter, snapID, volID string) backend.Snapshot {
@@ -379,7 +375,7 @@ func snapshot(t *testing.T, sn backend.Snapshotter, snapID, volID string) backen
 }
 
 func testSnapshots(t *testing.T, b backend.Backend, root string) {
-	sn, sd := snapshotter(t, b)
+	sn := snapshotter(t, b)
 	ctx := context.Background()
 	create(t, b, "vol-a", 16*mib)
 	before := randomData(t, 64*1024)
@@ -416,10 +412,10 @@ func testSnapshots(t *testing.T, b backend.Backend, root string) {
 		t.Fatalf("reconcile after a failed snapshot commit: %+v %v (want nothing to do)", rep, err)
 	}
 	committed := false
-	if err := sd.DeleteSnapshot(ctx, "snap-1", func() error { committed = true; return nil }); err != nil || !committed {
+	if err := sn.DeleteSnapshot(ctx, "snap-1", func() error { committed = true; return nil }); err != nil || !committed {
 		t.Fatalf("DeleteSnapshot = %v, committed %t", err, committed)
 	}
-	if err := sd.DeleteSnapshot(ctx, "snap-1", func() error { return nil }); err != nil {
+	if err := sn.DeleteSnapshot(ctx, "snap-1", func() error { return nil }); err != nil {
 		t.Fatalf("DeleteSnapshot(missing) = %v, want nil", err)
 	}
 }
@@ -459,7 +455,7 @@ func testRestoreAndClone(t *testing.T, b backend.Backend, root string) {
 }
 
 func testDeleteKeepsSnapshots(t *testing.T, b backend.Backend, root string) {
-	sn, _ := snapshotter(t, b)
+	sn := snapshotter(t, b)
 	cc, isCC := b.(backend.ContentCreator)
 	ctx := context.Background()
 	create(t, b, "vol-a", 16*mib)
@@ -507,13 +503,10 @@ func testExpand(t *testing.T, b backend.Backend, root string) {
 	}
 }
 
-type blockCapable interface{ SupportsBlock() bool }
-
 func testBlock(t *testing.T, b backend.Backend, root string) {
 	ctx := context.Background()
-	bc, isBC := b.(blockCapable)
 	spec := backend.Spec{CapacityBytes: 16 * mib, AccessType: backend.AccessBlock}
-	if !isBC || !bc.SupportsBlock() {
+	if !backend.SupportsBlock(b) {
 		_, err := b.CreateVolume(ctx, "vol-blk", spec, commitOK)
 		if !errdefs.Is(err, errdefs.ErrInvalidArgument) {
 			t.Fatalf("block volume on a pool without block support = %v, want ErrInvalidArgument", err)

@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"strconv"
 	"sync/atomic"
@@ -33,20 +31,16 @@ const (
 
 // Pool is a btrfs pool.
 type Pool struct {
-	root      string
-	volumes   staging.Dir
-	snapshots staging.Dir
-	log       *slog.Logger
+	staging.Layout // volumes, snapshots; DeleteVolume, DeleteSnapshot, Source
 	// rescanning is set while a quota rescan started by qgroupUsage runs.
 	rescanning atomic.Bool
 }
 
 var (
-	_ backend.Backend         = (*Pool)(nil)
-	_ backend.Snapshotter     = (*Pool)(nil)
-	_ backend.SnapshotDeleter = (*Pool)(nil)
-	_ backend.ContentCreator  = (*Pool)(nil)
-	_ backend.Expander        = (*Pool)(nil)
+	_ backend.Backend        = (*Pool)(nil)
+	_ backend.Snapshotter    = (*Pool)(nil)
+	_ backend.ContentCreator = (*Pool)(nil)
+	_ backend.Expander       = (*Pool)(nil)
 )
 
 // New opens the btrfs pool at root, creating its layout if needed, and
@@ -54,26 +48,17 @@ var (
 // nearest existing parent is not) is refused with ErrInvalidArgument
 // before anything is created. log may be nil.
 func New(ctx context.Context, root string, log *slog.Logger) (*Pool, error) {
-	if !filepath.IsAbs(root) {
-		return nil, fmt.Errorf("btrfs pool path %q must be absolute: %w", root, errdefs.ErrInvalidArgument)
+	l, err := staging.NewLayout(Type, root, log, removeEntry, removeEntry)
+	if err != nil {
+		return nil, err
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	root = filepath.Clean(root)
+	root, log = l.Root, l.Log
 	if err := requireBtrfs(root); err != nil {
 		return nil, err
 	}
-	p := &Pool{
-		root:      root,
-		volumes:   staging.Dir{Path: filepath.Join(root, "volumes"), Remove: removeEntry},
-		snapshots: staging.Dir{Path: filepath.Join(root, "snapshots"), Remove: removeEntry},
-		log:       log,
-	}
-	for _, d := range []string{p.volumes.Path, p.snapshots.Path} {
-		if err := os.MkdirAll(d, 0o711); err != nil {
-			return nil, fmt.Errorf("btrfs pool %s: %w", root, err)
-		}
+	p := &Pool{Layout: l}
+	if err := p.MakeDirs(); err != nil {
+		return nil, err
 	}
 	// Check again now that root exists: a mount may have been on the way.
 	if err := requireBtrfs(root); err != nil {
@@ -160,25 +145,18 @@ func (p *Pool) VolumeDirsNamedByID() bool { return true }
 // writable directory on btrfs, and quotas must still be on (without them
 // no volume has a size, and creating one fails).
 func (p *Pool) Check(ctx context.Context) error {
-	st, err := os.Stat(p.volumes.Path)
-	if err != nil {
-		return fmt.Errorf("btrfs pool %s: %w", p.root, err)
-	}
-	if !st.IsDir() {
-		return fmt.Errorf("btrfs pool %s: %s is not a directory: %w", p.root, p.volumes.Path, errdefs.ErrFailedPrecondition)
-	}
-	if err := requireBtrfs(p.volumes.Path); err != nil {
+	if err := p.CheckDirs(p.Volumes.Path); err != nil {
 		return err
 	}
-	if err := unix.Access(p.volumes.Path, unix.W_OK|unix.X_OK); err != nil {
-		return fmt.Errorf("btrfs pool %s: not writable: %w", p.root, err)
+	if err := requireBtrfs(p.Volumes.Path); err != nil {
+		return err
 	}
-	on, err := btrfs.QuotaEnabled(ctx, p.root)
+	on, err := btrfs.QuotaEnabled(ctx, p.Root)
 	if err != nil {
-		return fmt.Errorf("btrfs pool %s: %w", p.root, err)
+		return fmt.Errorf("btrfs pool %s: %w", p.Root, err)
 	}
 	if !on {
-		return fmt.Errorf("btrfs pool %s: quotas were turned off, so volume sizes are not enforced; restart the plugin to turn them on and restore the limits: %w", p.root, errdefs.ErrFailedPrecondition)
+		return fmt.Errorf("btrfs pool %s: quotas were turned off, so volume sizes are not enforced; restart the plugin to turn them on and restore the limits: %w", p.Root, errdefs.ErrFailedPrecondition)
 	}
 	return nil
 }
@@ -186,18 +164,7 @@ func (p *Pool) Check(ctx context.Context) error {
 // Capacity implements backend.Backend from the filesystem's free space.
 // Limits reserve nothing, so it is the same for every volume size.
 func (p *Pool) Capacity(ctx context.Context) (backend.Capacity, error) {
-	var st unix.Statfs_t
-	if err := unix.Statfs(p.root, &st); err != nil {
-		return backend.Capacity{}, fmt.Errorf("statfs %s: %w", p.root, err)
-	}
-	bs := int64(st.Bsize)
-	avail := int64(st.Bavail) * bs
-	return backend.Capacity{
-		TotalBytes:     int64(st.Blocks) * bs,
-		AvailableBytes: avail,
-		MaxVolumeBytes: avail,
-		Enforced:       true,
-	}, nil
+	return p.FilesystemCapacity(true)
 }
 
 func checkSpec(spec backend.Spec) error {
@@ -220,7 +187,7 @@ func (p *Pool) CreateVolume(ctx context.Context, id string, spec backend.Spec, c
 	if err := p.adoptExisting(ctx, id, &v); err != nil {
 		return backend.Volume{}, fmt.Errorf("create volume %s: %w", id, err)
 	}
-	err := p.volumes.Create(ctx, id, func(ctx context.Context, tmp string) error {
+	err := p.Volumes.Create(ctx, id, func(ctx context.Context, tmp string) error {
 		if err := btrfs.CreateSubvolume(ctx, filepath.Dir(tmp), filepath.Base(tmp)); err != nil {
 			return err
 		}
@@ -236,11 +203,11 @@ func (p *Pool) CreateVolume(ctx context.Context, id string, spec backend.Spec, c
 // in place, v's capacity becomes its limit, raised first if lower than
 // asked for. The staging protocol then only commits.
 func (p *Pool) adoptExisting(ctx context.Context, id string, v *backend.Volume) error {
-	exists, err := p.volumes.Exists(id)
+	exists, err := p.Volumes.Exists(id)
 	if err != nil || !exists {
 		return err
 	}
-	path := p.volumes.Entry(id)
+	path := p.Volumes.Entry(id)
 	limit, err := p.limit(ctx, path)
 	if err != nil {
 		return err
@@ -319,45 +286,23 @@ func (p *Pool) limit(ctx context.Context, path string) (int64, error) {
 func (p *Pool) qgroupUsage(ctx context.Context, path string) (referenced, exclusive, limit uint64, err error) {
 	referenced, exclusive, limit, err = btrfs.Usage(ctx, path)
 	if errdefs.Is(err, errdefs.ErrUnavailable) && p.rescanning.CompareAndSwap(false, true) {
-		p.log.Warn("btrfs qgroup numbers unavailable; running a quota rescan", "path", p.root, "err", err)
+		p.Log.Warn("btrfs qgroup numbers unavailable; running a quota rescan", "path", p.Root, "err", err)
 		go func() {
 			defer p.rescanning.Store(false)
 			// Not the caller's ctx: the rescan outlives the call that
 			// noticed the need for it.
-			if err := btrfs.Rescan(context.Background(), p.root); err != nil {
-				p.log.Error("btrfs quota rescan", "path", p.root, "err", err)
+			if err := btrfs.Rescan(context.Background(), p.Root); err != nil {
+				p.Log.Error("btrfs quota rescan", "path", p.Root, "err", err)
 				return
 			}
-			p.log.Info("btrfs quota rescan finished", "path", p.root)
+			p.Log.Info("btrfs quota rescan finished", "path", p.Root)
 		}()
 	}
 	return referenced, exclusive, limit, err
 }
 
-// DeleteVolume implements backend.Backend. The volume's snapshots are
-// subvolumes of their own and stay.
-func (p *Pool) DeleteVolume(ctx context.Context, id string, commit func() error) error {
-	if err := p.volumes.Delete(ctx, id, commit); err != nil {
-		return fmt.Errorf("delete volume %s: %w", id, err)
-	}
-	return nil
-}
-
-// Source implements backend.Backend.
-func (p *Pool) Source(ctx context.Context, id string) (backend.Source, error) {
-	path := p.volumes.Entry(id)
-	st, err := os.Lstat(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return backend.Source{}, fmt.Errorf("volume %s in pool %s: %w", id, p.root, errdefs.ErrNotFound)
-	}
-	if err != nil {
-		return backend.Source{}, err
-	}
-	if !st.IsDir() {
-		return backend.Source{}, fmt.Errorf("volume %s: %s is not a directory: %w", id, path, errdefs.ErrFailedPrecondition)
-	}
-	return backend.Source{Kind: backend.SourceDirectory, Path: path}, nil
-}
+// A volume's snapshots are subvolumes of their own and stay when the
+// volume goes (staging.Layout's DeleteVolume).
 
 // Usage implements backend.Backend from the volume's qgroup: the bytes it
 // references (shared with snapshots or not) of its limit. Available is
@@ -419,7 +364,7 @@ func (p *Pool) ExpandVolume(ctx context.Context, id string, newBytes int64) (int
 // recorded copies and clears qgroups whose subvolume is gone (see
 // btrfs.RemoveStaleQgroups).
 func (p *Pool) Reconcile(ctx context.Context, inv backend.Inventory) (backend.Report, error) {
-	rep, err := staging.ReconcilePool(ctx, p.volumes, p.snapshots, inv)
+	rep, err := p.Layout.Reconcile(ctx, inv)
 	if err != nil {
 		return rep, err
 	}
@@ -427,7 +372,7 @@ func (p *Pool) Reconcile(ctx context.Context, inv backend.Inventory) (backend.Re
 	// rewrites the same value; it matters after quotas were turned off,
 	// which drops every qgroup, and whichever process turned them back on.
 	for id := range inv.Volumes {
-		path := p.volumes.Entry(id)
+		path := p.Volumes.Entry(id)
 		c, err := recordedCapacity(path)
 		switch {
 		case errors.Is(err, unix.ENOENT): // missing: reported above
@@ -443,11 +388,11 @@ func (p *Pool) Reconcile(ctx context.Context, inv backend.Inventory) (backend.Re
 			rep.Errors = append(rep.Errors, fmt.Sprintf("%s: restore limit: %v", path, err))
 		}
 	}
-	n, err := btrfs.RemoveStaleQgroups(ctx, p.root)
+	n, err := btrfs.RemoveStaleQgroups(ctx, p.Root)
 	if err != nil {
 		rep.Errors = append(rep.Errors, fmt.Sprintf("remove stale qgroups: %v", err))
 	} else if n > 0 {
-		p.log.Info("removed qgroups of deleted subvolumes", "path", p.root, "qgroups", n)
+		p.Log.Info("removed qgroups of deleted subvolumes", "path", p.Root, "qgroups", n)
 	}
 	return rep, nil
 }

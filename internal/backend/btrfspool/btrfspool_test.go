@@ -1,7 +1,6 @@
 package btrfspool_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -99,30 +98,6 @@ func TestNewRejectsOtherFilesystems(t *testing.T) {
 	}
 }
 
-// writeFile writes n bytes to path in 1 MiB chunks and fsyncs, returning
-// how many bytes write(2) accepted and the first error.
-func writeFile(path string, n int64) (int64, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return 0, err
-	}
-	buf := bytes.Repeat([]byte("cairn-btrfs-quota"), mib/16)[:mib]
-	var written int64
-	for written < n {
-		m, err := f.Write(buf[:min(int64(len(buf)), n-written)])
-		written += int64(m)
-		if err != nil {
-			f.Close()
-			return written, err
-		}
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return written, err
-	}
-	return written, f.Close()
-}
-
 func source(t *testing.T, p *btrfspool.Pool, id string) string {
 	t.Helper()
 	src, err := p.Source(context.Background(), id)
@@ -161,7 +136,7 @@ func TestCapacityEnforced(t *testing.T) {
 		t.Fatal(err)
 	}
 	vol := source(t, p, "vol-a")
-	written, err := writeFile(filepath.Join(vol, "big"), 32*mib)
+	written, err := testfs.WriteFile(filepath.Join(vol, "big"), 32*mib, 0)
 	wantEDQUOT(t, "writing 32 MiB into a 16 MiB volume", written, err)
 	if u := usage(t, p, "vol-a"); u.TotalBytes != 16*mib || u.UsedBytes > 16*mib || u.AvailableBytes > 16*mib-u.UsedBytes {
 		t.Errorf("Usage after filling = %+v; want total 16 MiB, used at most that", u)
@@ -174,7 +149,7 @@ func TestCapacityEnforced(t *testing.T) {
 	if err != nil || got != 48*mib {
 		t.Fatalf("ExpandVolume(48 MiB) = %d, %v", got, err)
 	}
-	if _, err := writeFile(filepath.Join(vol, "big"), 32*mib); err != nil {
+	if _, err := testfs.WriteFile(filepath.Join(vol, "big"), 32*mib, 0); err != nil {
 		t.Fatalf("writing 32 MiB after expanding to 48 MiB: %v", err)
 	}
 	if u := usage(t, p, "vol-a"); u.TotalBytes != 48*mib || u.UsedBytes < 32*mib {
@@ -206,7 +181,7 @@ func TestCapacityEnforced(t *testing.T) {
 		}
 		// The source's 32 MiB count against the new volume's limit.
 		more := tc.wantSize - 32*mib + 8*mib
-		written, err := writeFile(filepath.Join(source(t, p, tc.id), "more"), more)
+		written, err := testfs.WriteFile(filepath.Join(source(t, p, tc.id), "more"), more, 0)
 		wantEDQUOT(t, "writing past a "+tc.id+"'s own limit", written, err)
 	}
 	lim := spec(16 * mib)
@@ -418,7 +393,7 @@ func TestStaleQgroupLimitNotInherited(t *testing.T) {
 	if u := usage(t, p, "vol-c"); u.TotalBytes != 16*mib {
 		t.Errorf("vol-c reports %d bytes; want its own 16 MiB", u.TotalBytes)
 	}
-	if _, err := writeFile(filepath.Join(c, "data"), 8*mib); err != nil {
+	if _, err := testfs.WriteFile(filepath.Join(c, "data"), 8*mib, 0); err != nil {
 		t.Errorf("writing 8 MiB into a 16 MiB volume that took over a 1 MiB volume's qgroup: %v", err)
 	}
 }
@@ -466,7 +441,7 @@ func TestQuotaTurnedOff(t *testing.T) {
 	if u := usage(t, p, "vol-a"); u.TotalBytes != 24*mib {
 		t.Errorf("vol-a reports %d bytes after quotas came back; want its 24 MiB", u.TotalBytes)
 	}
-	written, err := writeFile(filepath.Join(source(t, p, "vol-a"), "big"), 32*mib)
+	written, err := testfs.WriteFile(filepath.Join(source(t, p, "vol-a"), "big"), 32*mib, 0)
 	wantEDQUOT(t, "writing 32 MiB into a 24 MiB volume after quotas came back", written, err)
 }
 

@@ -10,7 +10,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cairn-csi/cairn/internal/backend"
-	"github.com/cairn-csi/cairn/internal/backend/staging"
 	"github.com/cairn-csi/cairn/internal/btrfs"
 	"github.com/cairn-csi/cairn/internal/errdefs"
 )
@@ -30,20 +29,20 @@ func (p *Pool) CreateSnapshot(ctx context.Context, snapID, volID string, commit 
 	}
 	// A retry must find its own snapshot, not another volume's: the root
 	// of a snapshot carries the volume's ID label.
-	if exists, err := p.snapshots.Exists(snapID); err != nil {
+	if exists, err := p.Snapshots.Exists(snapID); err != nil {
 		return backend.Snapshot{}, err
 	} else if exists {
-		if of, err := label(p.snapshots.Entry(snapID)); err != nil {
+		if of, err := label(p.Snapshots.Entry(snapID)); err != nil {
 			return backend.Snapshot{}, err
 		} else if of != "" && of != volID {
 			return backend.Snapshot{}, fmt.Errorf("snapshot %s exists, of volume %s, not %s: %w", snapID, of, volID, errdefs.ErrAlreadyExists)
 		}
 	}
 	snap := backend.Snapshot{ID: snapID, VolumeID: volID}
-	err = p.snapshots.Create(ctx, snapID, func(ctx context.Context, tmp string) error {
+	err = p.Snapshots.Create(ctx, snapID, func(ctx context.Context, tmp string) error {
 		return btrfs.Snapshot(ctx, src.Path, filepath.Dir(tmp), filepath.Base(tmp), true)
 	}, func() error {
-		path := p.snapshots.Entry(snapID)
+		path := p.Snapshots.Entry(snapID)
 		// The size a restore needs is the volume's capacity when the
 		// snapshot was taken, which the snapshot's root carries.
 		size, err := recordedCapacity(path)
@@ -66,15 +65,6 @@ func (p *Pool) CreateSnapshot(ctx context.Context, snapID, volID string, commit 
 	return snap, nil
 }
 
-// DeleteSnapshot implements backend.SnapshotDeleter. Volumes restored from
-// the snapshot are subvolumes of their own and keep their data.
-func (p *Pool) DeleteSnapshot(ctx context.Context, snapID string, commit func() error) error {
-	if err := p.snapshots.Delete(ctx, snapID, commit); err != nil {
-		return fmt.Errorf("delete snapshot %s: %w", snapID, err)
-	}
-	return nil
-}
-
 // CreateVolumeFrom implements backend.ContentCreator with a writable
 // snapshot of the source, given its own limit. The capacity is at least
 // the source's: a smaller limit than the data it starts with would fail
@@ -83,7 +73,7 @@ func (p *Pool) CreateVolumeFrom(ctx context.Context, id string, spec backend.Spe
 	if err := checkSpec(spec); err != nil {
 		return backend.Volume{}, err
 	}
-	from, err := p.contentPath(src)
+	from, err := p.ContentPath(src, requireSubvolume)
 	if err != nil {
 		return backend.Volume{}, err
 	}
@@ -98,7 +88,7 @@ func (p *Pool) CreateVolumeFrom(ctx context.Context, id string, spec backend.Spe
 	if err := p.adoptExisting(ctx, id, &v); err != nil {
 		return backend.Volume{}, fmt.Errorf("create volume %s: %w", id, err)
 	}
-	err = p.volumes.Create(ctx, id, func(ctx context.Context, tmp string) error {
+	err = p.Volumes.Create(ctx, id, func(ctx context.Context, tmp string) error {
 		if err := btrfs.Snapshot(ctx, from, filepath.Dir(tmp), filepath.Base(tmp), false); err != nil {
 			return err
 		}
@@ -110,19 +100,17 @@ func (p *Pool) CreateVolumeFrom(ctx context.Context, id string, spec backend.Spe
 	return v, nil
 }
 
-func (p *Pool) contentPath(src backend.ContentSource) (string, error) {
-	path, err := staging.ContentEntry(p.volumes, p.snapshots, src)
-	if err != nil {
-		return "", err
-	}
+// requireSubvolume is the content-path check of a btrfs pool: restores
+// and clones are snapshots of the source, which must be a subvolume.
+func requireSubvolume(path string) error {
 	sub, err := btrfs.IsSubvolume(path)
 	if err != nil {
-		return "", err
+		return err
 	}
 	if !sub {
-		return "", fmt.Errorf("content source %s is not a subvolume: %w", path, errdefs.ErrFailedPrecondition)
+		return fmt.Errorf("%s is not a subvolume: %w", path, errdefs.ErrFailedPrecondition)
 	}
-	return path, nil
+	return nil
 }
 
 // label returns the volume ID a subvolume root was made for ("" if none).

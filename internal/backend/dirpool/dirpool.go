@@ -19,12 +19,9 @@ package dirpool
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strconv"
 
 	"golang.org/x/sys/unix"
@@ -41,10 +38,7 @@ const Type = "dir"
 
 // Pool is a dir pool.
 type Pool struct {
-	root      string
-	volumes   staging.Dir
-	snapshots staging.Dir
-	log       *slog.Logger
+	staging.Layout // volumes, snapshots; DeleteVolume, DeleteSnapshot, Source, Reconcile
 	// quota is set when the filesystem enforces project quota: volume
 	// directories then get project IDs and limits.
 	quota bool
@@ -52,30 +46,17 @@ type Pool struct {
 
 var _ backend.Backend = (*Pool)(nil)
 
-// New opens the dir pool at root, creating its layout if needed.
-func New(ctx context.Context, root string) (*Pool, error) {
-	return NewWithLogger(ctx, root, slog.Default())
-}
-
-// NewWithLogger is New with a logger for the pool's own messages.
-func NewWithLogger(ctx context.Context, root string, log *slog.Logger) (*Pool, error) {
-	if !filepath.IsAbs(root) {
-		return nil, fmt.Errorf("dir pool path %q must be absolute: %w", root, errdefs.ErrInvalidArgument)
+// New opens the dir pool at root, creating its layout if needed. log may
+// be nil.
+func New(ctx context.Context, root string, log *slog.Logger) (*Pool, error) {
+	p := &Pool{}
+	l, err := staging.NewLayout(Type, root, log, p.removeVolumeDir, staging.RemoveAll)
+	if err != nil {
+		return nil, err
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	p := &Pool{
-		root:      filepath.Clean(root),
-		volumes:   staging.Dir{Path: filepath.Join(root, "volumes")},
-		snapshots: staging.Dir{Path: filepath.Join(root, "snapshots"), Remove: staging.RemoveAll},
-		log:       log,
-	}
-	p.volumes.Remove = p.removeVolumeDir
-	for _, d := range []string{p.volumes.Path, p.snapshots.Path} {
-		if err := os.MkdirAll(d, 0o711); err != nil {
-			return nil, fmt.Errorf("dir pool %s: %w", root, err)
-		}
+	p.Layout = l
+	if err := p.MakeDirs(); err != nil {
+		return nil, err
 	}
 	if err := p.initQuota(ctx); err != nil {
 		return nil, err
@@ -93,34 +74,13 @@ func (p *Pool) VolumeDirsNamedByID() bool { return true }
 // Check implements backend.Backend: the volumes directory must be a
 // writable directory.
 func (p *Pool) Check(ctx context.Context) error {
-	st, err := os.Stat(p.volumes.Path)
-	if err != nil {
-		return fmt.Errorf("dir pool %s: %w", p.root, err)
-	}
-	if !st.IsDir() {
-		return fmt.Errorf("dir pool %s: %s is not a directory", p.root, p.volumes.Path)
-	}
-	if err := unix.Access(p.volumes.Path, unix.W_OK|unix.X_OK); err != nil {
-		return fmt.Errorf("dir pool %s: not writable: %w", p.root, err)
-	}
-	return nil
+	return p.CheckDirs(p.Volumes.Path)
 }
 
 // Capacity implements backend.Backend from the filesystem's free space.
 // Limits reserve nothing, so it is the same for every volume size.
 func (p *Pool) Capacity(ctx context.Context) (backend.Capacity, error) {
-	var st unix.Statfs_t
-	if err := unix.Statfs(p.root, &st); err != nil {
-		return backend.Capacity{}, fmt.Errorf("statfs %s: %w", p.root, err)
-	}
-	bs := int64(st.Bsize)
-	avail := int64(st.Bavail) * bs
-	return backend.Capacity{
-		TotalBytes:     int64(st.Blocks) * bs,
-		AvailableBytes: avail,
-		MaxVolumeBytes: avail,
-		Enforced:       p.quota,
-	}, nil
+	return p.FilesystemCapacity(p.quota)
 }
 
 // CreateVolume implements backend.Backend.
@@ -130,7 +90,7 @@ func (p *Pool) CreateVolume(ctx context.Context, id string, spec backend.Spec, c
 	}
 	v := backend.Volume{ID: id, CapacityBytes: spec.CapacityBytes}
 	err := p.withKeys(spec.Encryption, func(policy *fscrypt.KeyID) error {
-		return p.volumes.Create(ctx, id, func(ctx context.Context, tmp string) error {
+		return p.Volumes.Create(ctx, id, func(ctx context.Context, tmp string) error {
 			if err := os.Mkdir(tmp, 0o777); err != nil { // the workload owns it; fsGroup may chown
 				return err
 			}
@@ -146,30 +106,6 @@ func (p *Pool) CreateVolume(ctx context.Context, id string, spec backend.Spec, c
 		return backend.Volume{}, fmt.Errorf("create volume %s: %w", id, err)
 	}
 	return v, nil
-}
-
-// DeleteVolume implements backend.Backend.
-func (p *Pool) DeleteVolume(ctx context.Context, id string, commit func() error) error {
-	if err := p.volumes.Delete(ctx, id, commit); err != nil {
-		return fmt.Errorf("delete volume %s: %w", id, err)
-	}
-	return nil
-}
-
-// Source implements backend.Backend.
-func (p *Pool) Source(ctx context.Context, id string) (backend.Source, error) {
-	path := p.volumes.Entry(id)
-	st, err := os.Stat(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return backend.Source{}, fmt.Errorf("volume %s in pool %s: %w", id, p.root, errdefs.ErrNotFound)
-	}
-	if err != nil {
-		return backend.Source{}, err
-	}
-	if !st.IsDir() {
-		return backend.Source{}, fmt.Errorf("volume %s: %s is not a directory", id, path)
-	}
-	return backend.Source{Kind: backend.SourceDirectory, Path: path}, nil
 }
 
 // Usage implements backend.Backend. With project quota the figures are the
@@ -214,7 +150,7 @@ func (p *Pool) ExpandVolume(ctx context.Context, id string, newBytes int64) (int
 		return 0, fmt.Errorf("volume %s: %w", id, err)
 	}
 	if proj != 0 {
-		if err := projquota.SetLimit(ctx, p.volumes.Path, proj, uint64(newBytes)); err != nil {
+		if err := projquota.SetLimit(ctx, p.Volumes.Path, proj, uint64(newBytes)); err != nil {
 			return 0, fmt.Errorf("expand volume %s: %w", id, err)
 		}
 	}
@@ -261,9 +197,4 @@ func recordedCapacity(dir string) (int64, error) {
 		}
 	}
 	return 0, fmt.Errorf("read recorded capacity of %s: %w", dir, err)
-}
-
-// Reconcile implements backend.Backend.
-func (p *Pool) Reconcile(ctx context.Context, inv backend.Inventory) (backend.Report, error) {
-	return staging.ReconcilePool(ctx, p.volumes, p.snapshots, inv)
 }

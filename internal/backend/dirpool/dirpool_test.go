@@ -13,7 +13,7 @@ import (
 
 func newPool(t *testing.T, root string) *dirpool.Pool {
 	t.Helper()
-	p, err := dirpool.New(context.Background(), root)
+	p, err := dirpool.New(context.Background(), root, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

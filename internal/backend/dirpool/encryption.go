@@ -29,8 +29,8 @@ func (p *Pool) EncryptionMechanism() string { return "fscrypt" }
 
 // CanEncrypt implements backend.Encrypter.
 func (p *Pool) CanEncrypt(ctx context.Context) error {
-	if err := fscrypt.Supported(p.volumes.Path); err != nil {
-		return fmt.Errorf("dir pool %s: %w", p.root, err)
+	if err := fscrypt.Supported(p.Volumes.Path); err != nil {
+		return fmt.Errorf("dir pool %s: %w", p.Root, err)
 	}
 	return nil
 }
@@ -43,19 +43,19 @@ func (p *Pool) loadKey(key []byte) (fscrypt.KeyID, func(), error) {
 	if err != nil {
 		return id, nil, err
 	}
-	present, err := fscrypt.KeyPresent(p.volumes.Path, id)
+	present, err := fscrypt.KeyPresent(p.Volumes.Path, id)
 	if err != nil {
 		return id, nil, err
 	}
 	if present {
 		return id, func() {}, nil
 	}
-	if _, err := fscrypt.AddKey(p.volumes.Path, key); err != nil {
+	if _, err := fscrypt.AddKey(p.Volumes.Path, key); err != nil {
 		return id, nil, err
 	}
 	return id, func() {
-		if _, err := fscrypt.RemoveKey(p.volumes.Path, id); err != nil {
-			p.log.Error("dir pool: remove a key loaded for a copy", "key", id.String(), "err", err)
+		if _, err := fscrypt.RemoveKey(p.Volumes.Path, id); err != nil {
+			p.Log.Error("dir pool: remove a key loaded for a copy", "key", id.String(), "err", err)
 		}
 	}, nil
 }

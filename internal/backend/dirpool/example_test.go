@@ -24,7 +24,7 @@ func Example() {
 	defer os.RemoveAll(dir)
 	root := filepath.Join(dir, "pool")
 
-	p, err := dirpool.New(ctx, root)
+	p, err := dirpool.New(ctx, root, nil)
 	if err != nil {
 		fmt.Println(err)
 		return

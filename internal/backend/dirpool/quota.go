@@ -75,24 +75,24 @@ var projMu sync.Mutex
 // initQuota turns on project quota for the pool when the filesystem
 // enforces it.
 func (p *Pool) initQuota(ctx context.Context) error {
-	ok, err := projquota.Supported(ctx, p.volumes.Path)
+	ok, err := projquota.Supported(ctx, p.Volumes.Path)
 	if err != nil {
-		return fmt.Errorf("dir pool %s: %w", p.root, err)
+		return fmt.Errorf("dir pool %s: %w", p.Root, err)
 	}
 	if !ok {
 		return nil
 	}
 	// Made now, not at the first allocation, so the pool's layout does not
 	// change under a running pool.
-	f, err := os.OpenFile(filepath.Join(p.root, projIDFile), os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(filepath.Join(p.Root, projIDFile), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return fmt.Errorf("dir pool %s: %w", p.root, err)
+		return fmt.Errorf("dir pool %s: %w", p.Root, err)
 	}
 	if err := f.Close(); err != nil {
-		return fmt.Errorf("dir pool %s: %w", p.root, err)
+		return fmt.Errorf("dir pool %s: %w", p.Root, err)
 	}
 	p.quota = true
-	p.log.Info("dir pool enforces volume sizes with project quota", "path", p.root)
+	p.Log.Info("dir pool enforces volume sizes with project quota", "path", p.Root)
 	return nil
 }
 
@@ -105,7 +105,7 @@ func (p *Pool) limitNewDir(ctx context.Context, dir string, capacity int64) (uin
 	}
 	projMu.Lock()
 	defer projMu.Unlock()
-	f, err := os.OpenFile(filepath.Join(p.root, projIDFile), os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(filepath.Join(p.Root, projIDFile), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return 0, err
 	}
@@ -120,13 +120,13 @@ func (p *Pool) limitNewDir(ctx context.Context, dir string, capacity int64) (uin
 	if err := projquota.SetProject(ctx, dir, id); err != nil {
 		return 0, err
 	}
-	if err := projquota.SetLimit(ctx, p.volumes.Path, id, uint64(capacity)); err != nil {
+	if err := projquota.SetLimit(ctx, p.Volumes.Path, id, uint64(capacity)); err != nil {
 		return 0, err
 	}
 	if err := writeHint(f, id+1); err != nil {
 		// The ID is tagged and limited: the volume is fine, and the next
 		// allocation skips the ID as used.
-		p.log.Warn("dir pool: project ID hint not saved", "path", p.root, "err", err)
+		p.Log.Warn("dir pool: project ID hint not saved", "path", p.Root, "err", err)
 	}
 	return id, nil
 }
@@ -167,7 +167,7 @@ func (p *Pool) freeProject(ctx context.Context, hint uint32) (uint32, error) {
 		if id < firstProjectID || id == ^uint32(0) {
 			id = firstProjectID
 		}
-		used, limit, inodes, err := projquota.Usage(ctx, p.volumes.Path, id)
+		used, limit, inodes, err := projquota.Usage(ctx, p.Volumes.Path, id)
 		if err != nil {
 			return 0, err
 		}
@@ -176,7 +176,7 @@ func (p *Pool) freeProject(ctx context.Context, hint uint32) (uint32, error) {
 		}
 		id++
 	}
-	return 0, fmt.Errorf("dir pool %s: no free project ID in %d tries from %d: %w", p.root, maxProjectProbes, hint, errdefs.ErrResourceExhausted)
+	return 0, fmt.Errorf("dir pool %s: no free project ID in %d tries from %d: %w", p.Root, maxProjectProbes, hint, errdefs.ErrResourceExhausted)
 }
 
 func readHint(f *os.File) uint32 {
@@ -229,7 +229,7 @@ func (p *Pool) removeVolumeDir(ctx context.Context, path string) error {
 	if perr != nil || id == 0 {
 		return nil
 	}
-	if err := projquota.ClearLimit(ctx, p.volumes.Path, id); err != nil {
+	if err := projquota.ClearLimit(ctx, p.Volumes.Path, id); err != nil {
 		return fmt.Errorf("%s removed, but: %w", path, err)
 	}
 	return nil
@@ -260,7 +260,7 @@ func (p *Pool) cloneInto(ctx context.Context, from, tmp string, limit int64, pol
 	defer func() {
 		if !ok {
 			if err := p.removeVolumeDir(context.WithoutCancel(ctx), parent); err != nil {
-				p.log.Error("dir pool: clean up after a failed copy", "path", parent, "err", err)
+				p.Log.Error("dir pool: clean up after a failed copy", "path", parent, "err", err)
 			}
 		}
 	}()
@@ -302,7 +302,7 @@ func (p *Pool) cloneInto(ctx context.Context, from, tmp string, limit int64, pol
 // quotaUsage is Usage for a directory with project id: its project's
 // bytes and inodes against its limit.
 func (p *Pool) quotaUsage(ctx context.Context, dir string, id uint32) (backend.Usage, error) {
-	used, limit, inodes, err := projquota.Usage(ctx, p.volumes.Path, id)
+	used, limit, inodes, err := projquota.Usage(ctx, p.Volumes.Path, id)
 	if err != nil {
 		return backend.Usage{}, err
 	}

@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"runtime"
 	"testing"
 	"time"
 
@@ -24,69 +23,6 @@ const mib = 1 << 20
 
 func commitVol(backend.Volume) error    { return nil }
 func commitSnap(backend.Snapshot) error { return nil }
-
-// unprivileged runs fn on an OS thread without CAP_SYS_RESOURCE in its
-// effective set, as a pod's process runs: ext4 (the kernel's generic quota
-// code) lets holders of that capability, such as the root test process,
-// write past hard limits. The thread is discarded afterwards.
-func unprivileged(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		// No UnlockOSThread: the thread exits with this goroutine.
-		runtime.LockOSThread()
-		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-		var data [2]unix.CapUserData
-		if err := unix.Capget(&hdr, &data[0]); err != nil {
-			errc <- fmt.Errorf("capget: %w", err)
-			return
-		}
-		data[unix.CAP_SYS_RESOURCE/32].Effective &^= 1 << (unix.CAP_SYS_RESOURCE % 32)
-		if err := unix.Capset(&hdr, &data[0]); err != nil {
-			errc <- fmt.Errorf("capset: %w", err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
-
-// writeFile writes n bytes to path in 1 MiB chunks and fsyncs, without
-// CAP_SYS_RESOURCE, returning how many bytes write(2) accepted and the
-// first error.
-func writeFile(path string, n int64) (written int64, err error) {
-	err = unprivileged(func() error {
-		var err error
-		written, err = writeFileAsIs(path, n)
-		return err
-	})
-	return written, err
-}
-
-// writeFileAsIs is writeFile with this process's capabilities, as a
-// privileged pod's process would write.
-func writeFileAsIs(path string, n int64) (written int64, err error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return 0, err
-	}
-	buf := make([]byte, mib)
-	for i := range buf {
-		buf[i] = byte(i * 7)
-	}
-	for written < n {
-		m, err := f.Write(buf[:min(int64(len(buf)), n-written)])
-		written += int64(m)
-		if err != nil {
-			f.Close()
-			return written, err
-		}
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return written, err
-	}
-	return written, f.Close()
-}
 
 // quotaErrno is what a write past a project's hard limit gets on the
 // filesystem at path: ENOSPC on XFS, EDQUOT on ext4.
@@ -185,7 +121,7 @@ func TestQuotaEnforced(t *testing.T) {
 			if projA == 0 {
 				t.Fatal("a volume on a quota filesystem has no project ID")
 			}
-			written, err := writeFile(filepath.Join(a, "big"), 32*mib)
+			written, err := testfs.WriteFileUnprivileged(filepath.Join(a, "big"), 32*mib)
 			wantFull(t, a, "writing 32 MiB into a 16 MiB volume", written, err)
 			if u := usage(t, p, "vol-a"); u.TotalBytes != 16*mib || u.UsedBytes > 16*mib+mib || u.UsedInodes < 2 {
 				t.Errorf("Usage of a full 16 MiB volume = %+v", u)
@@ -194,7 +130,7 @@ func TestQuotaEnforced(t *testing.T) {
 			if got, err := p.ExpandVolume(ctx, "vol-a", 48*mib); err != nil || got != 48*mib {
 				t.Fatalf("ExpandVolume(48 MiB) = %d, %v", got, err)
 			}
-			if _, err := writeFile(filepath.Join(a, "big"), 32*mib); err != nil {
+			if _, err := testfs.WriteFileUnprivileged(filepath.Join(a, "big"), 32*mib); err != nil {
 				t.Fatalf("writing 32 MiB after expanding to 48 MiB: %v", err)
 			}
 			if err := os.MkdirAll(filepath.Join(a, "sub", "dir"), 0o755); err != nil {
@@ -203,7 +139,7 @@ func TestQuotaEnforced(t *testing.T) {
 			if err := os.Symlink("../big", filepath.Join(a, "sub", "link")); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := writeFile(filepath.Join(a, "sub", "dir", "small"), mib); err != nil {
+			if _, err := testfs.WriteFileUnprivileged(filepath.Join(a, "sub", "dir", "small"), mib); err != nil {
 				t.Fatal(err)
 			}
 			projectOf(t, a) // what the workload made inherits the ID
@@ -231,7 +167,7 @@ func TestQuotaEnforced(t *testing.T) {
 				if u := usage(t, p, tc.id); u.TotalBytes != 40*mib || u.UsedBytes < 33*mib {
 					t.Errorf("Usage(%s) = %+v; want 40 MiB total, the copied 33 MiB used", tc.id, u)
 				}
-				written, err := writeFile(filepath.Join(dir, "more"), 16*mib)
+				written, err := testfs.WriteFileUnprivileged(filepath.Join(dir, "more"), 16*mib)
 				wantFull(t, dir, "writing 16 MiB more into "+tc.id+", 33 of 40 MiB used", written, err)
 			}
 
@@ -284,7 +220,7 @@ func TestQuotaPrivilegedWriter(t *testing.T) {
 				t.Fatal(err)
 			}
 			dir := source(t, p, "vol-p")
-			written, err := writeFileAsIs(filepath.Join(dir, "big"), 24*mib)
+			written, err := testfs.WriteFile(filepath.Join(dir, "big"), 24*mib, 0)
 			if tc.bypasses {
 				if err != nil {
 					t.Fatalf("a writer with CAP_SYS_RESOURCE on ext4: wrote %d bytes of 24 MiB into a 16 MiB volume, err %v; want the kernel to let it through", written, err)
@@ -294,7 +230,7 @@ func TestQuotaPrivilegedWriter(t *testing.T) {
 				}
 				// The usage still counts against the limit: an unprivileged
 				// writer gets nothing more.
-				written, err = writeFile(filepath.Join(dir, "more"), mib)
+				written, err = testfs.WriteFileUnprivileged(filepath.Join(dir, "more"), mib)
 				wantFull(t, dir, "an unprivileged 1 MiB write into an ext4 volume a privileged writer filled past its limit", written, err)
 				return
 			}
@@ -365,7 +301,7 @@ func TestNoQuota(t *testing.T) {
 	if proj := projectOf(t, source(t, p, "vol-a")); proj != 0 {
 		t.Errorf("a volume without quota has project %d", proj)
 	}
-	if _, err := writeFile(filepath.Join(source(t, p, "vol-a"), "big"), 32*mib); err != nil {
+	if _, err := testfs.WriteFileUnprivileged(filepath.Join(source(t, p, "vol-a"), "big"), 32*mib); err != nil {
 		t.Errorf("without quota a volume is not limited, but writing 32 MiB into 16 MiB failed: %v", err)
 	}
 	if u := usage(t, p, "vol-a"); u.TotalBytes != c.TotalBytes {

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/cairn-csi/cairn/internal/backend"
-	"github.com/cairn-csi/cairn/internal/backend/staging"
 	"github.com/cairn-csi/cairn/internal/errdefs"
 	"github.com/cairn-csi/cairn/internal/fscrypt"
 )
@@ -19,10 +18,9 @@ import (
 // quiesce the workload for a point-in-time snapshot, or use a btrfs pool.
 
 var (
-	_ backend.Snapshotter     = (*Pool)(nil)
-	_ backend.SnapshotDeleter = (*Pool)(nil)
-	_ backend.ContentCreator  = (*Pool)(nil)
-	_ backend.Expander        = (*Pool)(nil)
+	_ backend.Snapshotter    = (*Pool)(nil)
+	_ backend.ContentCreator = (*Pool)(nil)
+	_ backend.Expander       = (*Pool)(nil)
 )
 
 // CreateSnapshot implements backend.Snapshotter. A snapshot of an
@@ -36,12 +34,12 @@ func (p *Pool) CreateSnapshot(ctx context.Context, snapID, volID string, commit 
 // with policy when it is set.
 func (p *Pool) createSnapshot(ctx context.Context, snapID, volID string, src backend.Source, policy *fscrypt.KeyID, commit func(backend.Snapshot) error) (backend.Snapshot, error) {
 	snap := backend.Snapshot{ID: snapID, VolumeID: volID}
-	err := p.snapshots.Create(ctx, snapID, func(ctx context.Context, tmp string) error {
+	err := p.Snapshots.Create(ctx, snapID, func(ctx context.Context, tmp string) error {
 		m, err := p.cloneInto(ctx, src.Path, tmp, 0, policy)
 		if err != nil {
 			return p.lockedError(err)
 		}
-		p.log.Debug("snapshot copied", "snapshot", snapID, "volume", volID, "method", m.String())
+		p.Log.Debug("snapshot copied", "snapshot", snapID, "volume", volID, "method", m.String())
 		return nil
 	}, func() error {
 		// A snapshot's size is its source's capacity, as in the other
@@ -51,7 +49,7 @@ func (p *Pool) createSnapshot(ctx context.Context, snapID, volID string, src bac
 			return err
 		}
 		snap.SizeBytes = size
-		if fi, err := os.Stat(p.snapshots.Entry(snapID)); err == nil {
+		if fi, err := os.Stat(p.Snapshots.Entry(snapID)); err == nil {
 			snap.CreatedAt = fi.ModTime()
 		} else {
 			snap.CreatedAt = time.Now()
@@ -64,20 +62,12 @@ func (p *Pool) createSnapshot(ctx context.Context, snapID, volID string, src bac
 	return snap, nil
 }
 
-// DeleteSnapshot implements backend.SnapshotDeleter.
-func (p *Pool) DeleteSnapshot(ctx context.Context, snapID string, commit func() error) error {
-	if err := p.snapshots.Delete(ctx, snapID, commit); err != nil {
-		return fmt.Errorf("delete snapshot %s: %w", snapID, err)
-	}
-	return nil
-}
-
 // CreateVolumeFrom implements backend.ContentCreator.
 func (p *Pool) CreateVolumeFrom(ctx context.Context, id string, spec backend.Spec, src backend.ContentSource, commit func(backend.Volume) error) (backend.Volume, error) {
 	if spec.AccessType != backend.AccessMount {
 		return backend.Volume{}, fmt.Errorf("dir pool serves filesystem volumes only, not %s: %w", spec.AccessType, errdefs.ErrInvalidArgument)
 	}
-	from, err := p.contentPath(src)
+	from, err := p.ContentPath(src, nil)
 	if err != nil {
 		return backend.Volume{}, err
 	}
@@ -87,7 +77,7 @@ func (p *Pool) CreateVolumeFrom(ctx context.Context, id string, spec backend.Spe
 	}
 	v := backend.Volume{ID: id, CapacityBytes: spec.CapacityBytes}
 	err = p.withKeys(spec.Encryption, func(policy *fscrypt.KeyID) error {
-		return p.volumes.Create(ctx, id, func(ctx context.Context, tmp string) error {
+		return p.Volumes.Create(ctx, id, func(ctx context.Context, tmp string) error {
 			// The copy keeps the root's mode and owner, as fsGroup left them.
 			if _, err := p.cloneInto(ctx, from, tmp, spec.CapacityBytes, policy); err != nil {
 				return p.lockedError(err)
@@ -102,15 +92,4 @@ func (p *Pool) CreateVolumeFrom(ctx context.Context, id string, spec backend.Spe
 		return backend.Volume{}, fmt.Errorf("create volume %s from %+v: %w", id, src, err)
 	}
 	return v, nil
-}
-
-func (p *Pool) contentPath(src backend.ContentSource) (string, error) {
-	path, err := staging.ContentEntry(p.volumes, p.snapshots, src)
-	if err != nil {
-		return "", err
-	}
-	if st, err := os.Stat(path); err != nil || !st.IsDir() {
-		return "", fmt.Errorf("content source %s is not a directory: %v", path, err)
-	}
-	return path, nil
 }

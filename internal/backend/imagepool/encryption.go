@@ -28,7 +28,7 @@ func (p *Pool) EncryptionMechanism() string { return "luks2" }
 // and cryptsetup.
 func (p *Pool) CanEncrypt(ctx context.Context) error {
 	if err := luks.Supported(); err != nil {
-		return fmt.Errorf("image pool %s: %w", p.root, err)
+		return fmt.Errorf("image pool %s: %w", p.Root, err)
 	}
 	return nil
 }

@@ -45,53 +45,43 @@ var sourceXattrs = []string{"trusted.cairn.volume", "user.cairn.volume"}
 
 // Pool is an image pool.
 type Pool struct {
-	root      string
-	volumes   staging.Dir
-	snapshots staging.Dir
+	// volumes, snapshots; DeleteVolume, DeleteSnapshot, Reconcile. Source
+	// is the pool's own: its entries are image files, not directories.
+	staging.Layout
 	// volumeDirs are the volumes directory as configured and with symlinks
 	// resolved: the kernel reports loop devices' backing files resolved.
 	volumeDirs []string
-	log        *slog.Logger
 }
 
 var (
-	_ backend.Backend         = (*Pool)(nil)
-	_ backend.Snapshotter     = (*Pool)(nil)
-	_ backend.SnapshotDeleter = (*Pool)(nil)
-	_ backend.ContentCreator  = (*Pool)(nil)
-	_ backend.Expander        = (*Pool)(nil)
-	_ backend.ImageFiles      = (*Pool)(nil)
-	_ backend.FormatRecorder  = (*Pool)(nil)
+	_ backend.Backend        = (*Pool)(nil)
+	_ backend.Snapshotter    = (*Pool)(nil)
+	_ backend.ContentCreator = (*Pool)(nil)
+	_ backend.Expander       = (*Pool)(nil)
+	_ backend.ImageFiles     = (*Pool)(nil)
+	_ backend.FormatRecorder = (*Pool)(nil)
+	_ backend.BlockCapable   = (*Pool)(nil)
 )
 
 // New opens the image pool at root, creating its layout if needed. log may
 // be nil.
 func New(ctx context.Context, root string, log *slog.Logger) (*Pool, error) {
-	if !filepath.IsAbs(root) {
-		return nil, fmt.Errorf("image pool path %q must be absolute: %w", root, errdefs.ErrInvalidArgument)
+	l, err := staging.NewLayout(Type, root, log, removeFile, removeFile)
+	if err != nil {
+		return nil, err
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	root, log = l.Root, l.Log
+	p := &Pool{Layout: l}
+	if err := p.MakeDirs(); err != nil {
+		return nil, err
 	}
-	root = filepath.Clean(root)
-	p := &Pool{
-		root:      root,
-		volumes:   staging.Dir{Path: filepath.Join(root, "volumes"), Remove: removeFile},
-		snapshots: staging.Dir{Path: filepath.Join(root, "snapshots"), Remove: removeFile},
-		log:       log,
-	}
-	for _, d := range []string{p.volumes.Path, p.snapshots.Path} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			return nil, fmt.Errorf("image pool %s: %w", root, err)
-		}
-	}
-	p.volumeDirs = []string{p.volumes.Path}
-	if resolved, err := filepath.EvalSymlinks(p.volumes.Path); err == nil && resolved != p.volumes.Path {
+	p.volumeDirs = []string{p.Volumes.Path}
+	if resolved, err := filepath.EvalSymlinks(p.Volumes.Path); err == nil && resolved != p.Volumes.Path {
 		p.volumeDirs = append(p.volumeDirs, resolved)
 	}
 	// Say once how copies will be made: the difference between an instant
 	// snapshot and a full copy matters to whoever sized the pool.
-	if reflink, err := fileclone.SupportsReflink(ctx, p.snapshots.Path); err != nil {
+	if reflink, err := fileclone.SupportsReflink(ctx, p.Snapshots.Path); err != nil {
 		log.Warn("image pool: cannot tell whether the filesystem has reflinks", "path", root, "err", err)
 	} else if reflink {
 		log.Info("image pool: snapshots and clones are reflinks (instant, space shared until written)", "path", root)
@@ -121,19 +111,7 @@ func (p *Pool) SupportsBlock() bool { return true }
 // Check implements backend.Backend: both directories must be writable
 // directories.
 func (p *Pool) Check(ctx context.Context) error {
-	for _, d := range []string{p.volumes.Path, p.snapshots.Path} {
-		st, err := os.Stat(d)
-		if err != nil {
-			return fmt.Errorf("image pool %s: %w", p.root, err)
-		}
-		if !st.IsDir() {
-			return fmt.Errorf("image pool %s: %s is not a directory: %w", p.root, d, errdefs.ErrFailedPrecondition)
-		}
-		if err := unix.Access(d, unix.W_OK|unix.X_OK); err != nil {
-			return fmt.Errorf("image pool %s: %s is not writable: %w", p.root, d, err)
-		}
-	}
-	return nil
+	return p.CheckDirs(p.Volumes.Path, p.Snapshots.Path)
 }
 
 // Capacity implements backend.Backend from the pool filesystem's free
@@ -141,22 +119,13 @@ func (p *Pool) Check(ctx context.Context) error {
 // images are thin: see "Space" in the package comment for what
 // MaxVolumeBytes does and does not promise.
 func (p *Pool) Capacity(ctx context.Context) (backend.Capacity, error) {
-	total, avail, err := p.statfs()
-	if err != nil {
-		return backend.Capacity{}, err
-	}
-	return backend.Capacity{
-		TotalBytes:     total,
-		AvailableBytes: avail,
-		MaxVolumeBytes: avail,
-		Enforced:       true,
-	}, nil
+	return p.FilesystemCapacity(true)
 }
 
 func (p *Pool) statfs() (total, avail int64, err error) {
 	var st unix.Statfs_t
-	if err := unix.Statfs(p.root, &st); err != nil {
-		return 0, 0, fmt.Errorf("statfs %s: %w", p.root, err)
+	if err := unix.Statfs(p.Root, &st); err != nil {
+		return 0, 0, fmt.Errorf("statfs %s: %w", p.Root, err)
 	}
 	bs := int64(st.Bsize)
 	return int64(st.Blocks) * bs, int64(st.Bavail) * bs, nil
@@ -209,12 +178,12 @@ func (p *Pool) CreateVolume(ctx context.Context, id string, spec backend.Spec, c
 // image is already in place (a retry), checks it fits spec and commits.
 func (p *Pool) create(ctx context.Context, id string, spec backend.Spec, size int64, build func(ctx context.Context, tmp string) error, commit func(backend.Volume) error) (backend.Volume, error) {
 	v := backend.Volume{ID: id, CapacityBytes: size}
-	exists, err := p.volumes.Exists(id)
+	exists, err := p.Volumes.Exists(id)
 	if err != nil {
 		return backend.Volume{}, fmt.Errorf("create volume %s: %w", id, err)
 	}
 	if exists {
-		cur, err := capacityOf(p.volumes.Entry(id))
+		cur, err := capacityOf(p.Volumes.Entry(id))
 		if err != nil {
 			return backend.Volume{}, fmt.Errorf("create volume %s: %w", id, err)
 		}
@@ -224,7 +193,7 @@ func (p *Pool) create(ctx context.Context, id string, spec backend.Spec, size in
 		}
 		v.CapacityBytes = cur // it may have been expanded since
 	}
-	if err := p.volumes.Create(ctx, id, build, func() error { return commit(v) }); err != nil {
+	if err := p.Volumes.Create(ctx, id, build, func() error { return commit(v) }); err != nil {
 		return backend.Volume{}, fmt.Errorf("create volume %s: %w", id, err)
 	}
 	return v, nil
@@ -245,7 +214,7 @@ func (p *Pool) makeImage(path string, size int64, state backend.FormatState) err
 		if err := setFormatState(int(f.Fd()), state); err != nil {
 			// The volume still works: its first stage formats it, but a
 			// kill during that mkfs cannot be told from a filesystem.
-			p.log.Warn("image pool: cannot record the format state; an interrupted first format will need repair by hand", "path", path, "err", err)
+			p.Log.Warn("image pool: cannot record the format state; an interrupted first format will need repair by hand", "path", path, "err", err)
 		}
 	}
 	if err := f.Sync(); err != nil {
@@ -268,21 +237,15 @@ func imageSize(path string) (int64, error) {
 	return fi.Size(), nil
 }
 
-// DeleteVolume implements backend.Backend. A loop device still attached to
-// the image keeps its data reachable until it is detached; the node layer
-// detaches devices of deleted images (the driver's reconcileLoops).
-func (p *Pool) DeleteVolume(ctx context.Context, id string, commit func() error) error {
-	if err := p.volumes.Delete(ctx, id, commit); err != nil {
-		return fmt.Errorf("delete volume %s: %w", id, err)
-	}
-	return nil
-}
+// A loop device still attached to a deleted volume's image (staging.Layout's
+// DeleteVolume) keeps its data reachable until it is detached; the node
+// layer detaches devices of deleted images (the driver's reconcileLoops).
 
 // Source implements backend.Backend.
 func (p *Pool) Source(ctx context.Context, id string) (backend.Source, error) {
-	path := p.volumes.Entry(id)
+	path := p.Volumes.Entry(id)
 	if _, err := imageSize(path); errors.Is(err, fs.ErrNotExist) {
-		return backend.Source{}, fmt.Errorf("volume %s in pool %s: %w", id, p.root, errdefs.ErrNotFound)
+		return backend.Source{}, fmt.Errorf("volume %s in pool %s: %w", id, p.Root, errdefs.ErrNotFound)
 	} else if err != nil {
 		return backend.Source{}, fmt.Errorf("volume %s: %w", id, err)
 	}
@@ -357,13 +320,13 @@ func (p *Pool) ExpandVolume(ctx context.Context, id string, newBytes int64) (int
 // volume's image, by reflink where the filesystem can.
 func (p *Pool) CreateSnapshot(ctx context.Context, snapID, volID string, commit func(backend.Snapshot) error) (backend.Snapshot, error) {
 	s := backend.Snapshot{ID: snapID, VolumeID: volID}
-	exists, err := p.snapshots.Exists(snapID)
+	exists, err := p.Snapshots.Exists(snapID)
 	if err != nil {
 		return s, fmt.Errorf("create snapshot %s: %w", snapID, err)
 	}
 	if exists {
 		// A retry: the snapshot must be of the same volume.
-		path := p.snapshots.Entry(snapID)
+		path := p.Snapshots.Entry(snapID)
 		if of, ok := recordedSource(path); ok && of != volID {
 			return s, fmt.Errorf("snapshot %s exists of volume %s, not %s: %w", snapID, of, volID, errdefs.ErrAlreadyExists)
 		}
@@ -384,14 +347,14 @@ func (p *Pool) CreateSnapshot(ctx context.Context, snapID, volID string, commit 
 		// a retry reads back.
 		s.CreatedAt = time.Now().Truncate(time.Second)
 	}
-	err = p.snapshots.Create(ctx, snapID, func(ctx context.Context, tmp string) error {
-		m, err := fileclone.CloneFile(ctx, p.volumes.Entry(volID), tmp)
+	err = p.Snapshots.Create(ctx, snapID, func(ctx context.Context, tmp string) error {
+		m, err := fileclone.CloneFile(ctx, p.Volumes.Entry(volID), tmp)
 		if err != nil {
 			return err
 		}
-		p.log.Debug("image pool: snapshot copied", "snapshot", snapID, "volume", volID, "method", m.String())
+		p.Log.Debug("image pool: snapshot copied", "snapshot", snapID, "volume", volID, "method", m.String())
 		recordSource(tmp, volID)
-		if err := copyFormatState(p.volumes.Entry(volID), tmp); err != nil {
+		if err := copyFormatState(p.Volumes.Entry(volID), tmp); err != nil {
 			return err
 		}
 		if err := os.Chtimes(tmp, s.CreatedAt, s.CreatedAt); err != nil {
@@ -451,21 +414,12 @@ func recordedSource(path string) (string, bool) {
 	return "", false
 }
 
-// DeleteSnapshot implements backend.SnapshotDeleter. Volumes restored from
-// the snapshot are independent files and are not affected.
-func (p *Pool) DeleteSnapshot(ctx context.Context, snapID string, commit func() error) error {
-	if err := p.snapshots.Delete(ctx, snapID, commit); err != nil {
-		return fmt.Errorf("delete snapshot %s: %w", snapID, err)
-	}
-	return nil
-}
-
 // CreateVolumeFrom implements backend.ContentCreator: a copy of the
 // snapshot's or volume's image (a reflink where the filesystem can),
 // lengthened to the requested size. The filesystem inside keeps its old
 // size until the node grows it at stage time (NodeExpandVolume).
 func (p *Pool) CreateVolumeFrom(ctx context.Context, id string, spec backend.Spec, src backend.ContentSource, commit func(backend.Volume) error) (backend.Volume, error) {
-	from, err := staging.ContentEntry(p.volumes, p.snapshots, src)
+	from, err := p.ContentPath(src, requireImage)
 	if err != nil {
 		return backend.Volume{}, fmt.Errorf("create volume %s: %w", id, err)
 	}
@@ -483,7 +437,7 @@ func (p *Pool) CreateVolumeFrom(ctx context.Context, id string, spec backend.Spe
 		if err != nil {
 			return err
 		}
-		p.log.Debug("image pool: volume copied", "volume", id, "from", from, "method", m.String())
+		p.Log.Debug("image pool: volume copied", "volume", id, "from", from, "method", m.String())
 		// A copy of a formatted image is formatted, and a copy of one never
 		// formatted is not: the state is the source's.
 		if err := copyFormatState(from, tmp); err != nil {
@@ -496,9 +450,11 @@ func (p *Pool) CreateVolumeFrom(ctx context.Context, id string, spec backend.Spe
 	}, commit)
 }
 
-// Reconcile implements backend.Backend.
-func (p *Pool) Reconcile(ctx context.Context, inv backend.Inventory) (backend.Report, error) {
-	return staging.ReconcilePool(ctx, p.volumes, p.snapshots, inv)
+// requireImage is the content-path check of an image pool: the source
+// must be an image file itself, not a symlink or a directory.
+func requireImage(path string) error {
+	_, err := imageSize(path)
+	return err
 }
 
 // VolumeForImage implements backend.ImageFiles. Any file directly in the

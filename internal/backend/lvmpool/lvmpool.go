@@ -90,6 +90,8 @@ var (
 	_ backend.ContentCreator  = (*ThinPool)(nil)
 )
 
+var _ backend.BlockCapable = (*Pool)(nil)
+
 var (
 	vgLocksMu sync.Mutex
 	vgLocks   = map[string]*sync.Mutex{}

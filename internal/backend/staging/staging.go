@@ -214,17 +214,12 @@ func RemoveAll(ctx context.Context, path string) error {
 // mountsBelow fails if anything is mounted at or below path, since
 // os.RemoveAll would walk into it.
 func mountsBelow(path string) error {
-	data, err := os.ReadFile("/proc/self/mountinfo")
+	mps, err := mounttable.MountPoints("/proc/self/mountinfo")
 	if err != nil {
 		return err
 	}
 	prefix := filepath.Clean(path)
-	for _, line := range strings.Split(string(data), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 5 {
-			continue
-		}
-		mp := mounttable.Unescape(f[4])
+	for _, mp := range mps {
 		if mp == prefix || strings.HasPrefix(mp, prefix+"/") {
 			return fmt.Errorf("%s is mounted under %s: %w", mp, path, errdefs.ErrFailedPrecondition)
 		}
