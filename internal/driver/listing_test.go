@@ -240,7 +240,7 @@ func TestListPublishedByRootName(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	pool, err := dirpool.New(ctx, filepath.Join(dir, "pool"))
+	pool, err := dirpool.New(ctx, filepath.Join(dir, "pool"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
