@@ -531,6 +531,14 @@ func (d *Driver) deleteVolume(ctx context.Context, id string) error {
 // and holding its space. A device some process still holds open cannot be
 // detached now; the delete is then refused rather than leaving it behind.
 func (d *Driver) detachForDelete(ctx context.Context, id string, src backend.Source) error {
+	if src.Kind == backend.SourceBlockDevice && src.LUKS {
+		// Staged for block access and not published: the mapping holds the
+		// LV open, and the pool could not deactivate it.
+		if err := closeLUKS(ctx, id); err != nil {
+			return fmt.Errorf("%w: %w", err, errdefs.ErrFailedPrecondition)
+		}
+		return nil
+	}
 	if src.Kind != backend.SourceImageFile || d.cfg.Loop == nil {
 		return nil
 	}
@@ -831,7 +839,9 @@ func (d *Driver) expand(ctx context.Context, id string, r *csi.CapacityRange) (s
 //     access it then grows the filesystem online. A volume that is not
 //     staged needs nothing (the next attach sees the new size, and stage
 //     grows the filesystem), which NodeExpandVolume handles as a no-op.
-//   - Block devices: for mount access only, to grow the filesystem.
+//   - Block devices: for mount access, to grow the filesystem; and
+//     encrypted ones for block access too, since their LUKS mapping keeps
+//     its size until cryptsetup resize on the node.
 func (d *Driver) needsNodeExpansion(ctx context.Context, v store.Volume) bool {
 	pool, ok := d.pools[v.Pool]
 	if !ok {
@@ -845,7 +855,7 @@ func (d *Driver) needsNodeExpansion(ctx context.Context, v store.Volume) bool {
 	case backend.SourceImageFile:
 		return true
 	case backend.SourceBlockDevice:
-		return v.AccessType == backend.AccessMount.String()
+		return v.AccessType == backend.AccessMount.String() || src.LUKS
 	}
 	return false
 }

@@ -185,3 +185,20 @@ func Rekey(ctx context.Context, path string, oldKey, newKey []byte, o Options) e
 func Check(ctx context.Context, path string, key []byte) error {
 	return run(ctx, [][]byte{key}, "open", "--test-passphrase", "--key-file", keyFile(0), path)
 }
+
+// CheckCopy decides whether a copy of a volume (a clone, a restore) can be
+// made as asked, before any of it is made: an encrypted source's copy must
+// be encrypted too and be given the source's key, so that Rekey can move
+// it to its own; plain content cannot be encrypted in place. Every pool
+// that encrypts with LUKS applies the same rule.
+func CheckCopy(sourceEncrypted, encrypt, haveSourceKey bool) error {
+	switch {
+	case sourceEncrypted && !encrypt:
+		return fmt.Errorf("the content source is encrypted; a volume made from it must be too: %w", errdefs.ErrInvalidArgument)
+	case !sourceEncrypted && encrypt:
+		return fmt.Errorf("a copy of plain content cannot be encrypted in place; create an encrypted volume and copy the data into it: %w", errdefs.ErrInvalidArgument)
+	case encrypt && !haveSourceKey:
+		return fmt.Errorf("the content source is encrypted and no key for it was given: %w", errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
