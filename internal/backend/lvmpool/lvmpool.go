@@ -30,18 +30,18 @@ const Type = "lvm"
 // LVs that carry TagOwner and this pool's TagPool: an LV without them is
 // someone else's, whatever its name.
 const (
-	TagOwner     = "cairn.csi.dev"
-	TagPool      = "cairn.csi.dev/pool"    // =VG or =VG/THINPOOL
-	TagKind      = "cairn.csi.dev/kind"    // =volume or =snapshot
-	TagSource    = "cairn.csi.dev/source"  // a snapshot's volume ID
-	TagCreated   = "cairn.csi.dev/created" // a snapshot's creation time, Unix seconds
+	TagOwner   = "cairn.csi.dev"
+	TagPool    = "cairn.csi.dev/pool"    // =VG or =VG/THINPOOL
+	TagKind    = "cairn.csi.dev/kind"    // =volume or =snapshot
+	TagSource  = "cairn.csi.dev/source"  // a snapshot's volume ID
+	TagCreated = "cairn.csi.dev/created" // a snapshot's creation time, Unix seconds
 	// TagEncryption=luks2 marks an LV that starts with a LUKS2 header
 	// (luks.HeaderBytes) Cairn wrote: the volume's capacity is the LV's
 	// size less the header. Snapshots, restores and clones carry it on.
-	TagEncryption = "cairn.csi.dev/encryption"
+	TagEncryption  = "cairn.csi.dev/encryption"
 	encryptionLUKS = "luks2"
-	kindVolume   = "volume"
-	kindSnapshot = "snapshot"
+	kindVolume     = "volume"
+	kindSnapshot   = "snapshot"
 )
 
 // Defaults for Options.
