@@ -40,9 +40,13 @@ func newLVMEnv(t *testing.T, vgBytes, thinBytes int64) *lvmEnv {
 		testfs.SkipKernel(t, "%v", err)
 	}
 	vg := testlvm.NewVG(t, vgBytes, thinBytes)
+	spec := vg
+	if thinBytes > 0 {
+		spec += "/" + testlvm.ThinPool
+	}
 	tmp := t.TempDir()
 	p := testdriver.Start(t, testdriver.Options{DataDir: filepath.Join(tmp, "data"),
-		Pools: []string{"lvm=lvm:" + vg + "/" + testlvm.ThinPool}, Env: []string{"CAIRN_LUKS_FAST_KDF=1"}})
+		Pools: []string{"lvm=lvm:" + spec}, Env: []string{"CAIRN_LUKS_FAST_KDF=1"}})
 	conn := p.Dial()
 	return &lvmEnv{env: &env{t: t, ctx: context.Background(), ctrl: csi.NewControllerClient(conn), node: csi.NewNodeClient(conn), tmp: tmp}, vg: vg}
 }
@@ -293,6 +297,43 @@ func TestEncryptedLVMVolumes(t *testing.T) {
 			t.Errorf("Cairn LV left: %s", strings.TrimSpace(l))
 		}
 	}
+}
+
+// TestEncryptedThickVolume: on a thick (linear) pool, an encrypted volume
+// is an LV of the capacity plus the header, ciphertext at rest, and grows
+// with its mapping and filesystem. VM lane.
+func TestEncryptedThickVolume(t *testing.T) {
+	if err := luks.Supported(); err != nil {
+		testfs.SkipKernel(t, "%v", err)
+	}
+	e := newLVMEnv(t, 512*mib, 0)
+	e.secrets = map[string]string{"encryptionPassphrase": "thick-claim-secret-0123456789"}
+	marker := bytes.Repeat([]byte("CAIRN-THICK-LUKS-PLAINTEXT-MARK!"), 512)
+	v := e.create(64*mib, mountCap, map[string]string{"encryption": "true"}, nil)
+	if got := e.lvBytes(v); got != 64*mib+luks.HeaderBytes {
+		t.Errorf("LV of a 64 MiB encrypted thick volume is %d bytes, want 64 MiB + header", got)
+	}
+	e.stagePublish(v)
+	e.must("write marker", os.WriteFile(filepath.Join(v.target, "marker"), marker, 0o600))
+	_, err := e.node.NodeExpandVolume(e.ctx, &csi.NodeExpandVolumeRequest{VolumeId: v.id, VolumePath: v.target,
+		StagingTargetPath: v.staging, CapacityRange: &csi.CapacityRange{RequiredBytes: 96 * mib}, VolumeCapability: mountCap})
+	e.must("NodeExpandVolume", err)
+	if got := deviceBytes(t, luks.MappingPath(luks.MappingName(v.id))); got != 96*mib {
+		t.Errorf("the mapping is %d bytes after expansion, want 96 MiB", got)
+	}
+	e.unpublishUnstage(v)
+	if mappingOpen(v.id) {
+		t.Fatal("the mapping is still open after unstage")
+	}
+	if rawHolds(t, e.lv(v), marker[:64]) {
+		t.Fatal("the thick LV holds the plaintext marker at rest")
+	}
+	e.stagePublish(v)
+	if b, err := os.ReadFile(filepath.Join(v.target, "marker")); err != nil || !bytes.Equal(b, marker) {
+		t.Fatalf("marker after restage: %v", err)
+	}
+	e.unpublishUnstage(v)
+	e.deleteVolume(v.id)
 }
 
 func errString(err error) string {
