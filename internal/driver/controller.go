@@ -88,12 +88,20 @@ func parseCreateParams(params map[string]string) (createParams, error) {
 	return p, nil
 }
 
+// formatsVolumes reports whether the node formats pool's mount volumes:
+// pools of images or block devices (image, lvm), the ones that can serve
+// raw block volumes, as opposed to pools of directories.
+func formatsVolumes(pool backend.Backend) bool {
+	_, images := pool.(backend.ImageFiles)
+	return images || supportsBlock(pool)
+}
+
 // checkPoolMountFlags refuses, at create time, mount flags the node would
 // refuse at publish: a directory volume takes per-mount options only, an
-// image volume also its filesystem's allow-listed options.
+// image or lvm volume also its filesystem's allow-listed options.
 func checkPoolMountFlags(pool backend.Backend, fsType string, caps []*csi.VolumeCapability) error {
 	flagFS := ""
-	if _, ok := pool.(backend.ImageFiles); ok {
+	if formatsVolumes(pool) {
 		flagFS = firstNonEmpty(fsType, "ext4")
 	}
 	for i, c := range caps {
@@ -237,7 +245,7 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest,
 	if err != nil {
 		return nil, err
 	}
-	if _, formats := pool.(backend.ImageFiles); params.mkfsOptions != "" && !formats {
+	if params.mkfsOptions != "" && !formatsVolumes(pool) {
 		return nil, invalid("parameters.%s: pool %q (%s) keeps volumes as directories and formats nothing", ParamMkfsOptions, poolName, pool.Type())
 	}
 	if err := checkPoolMountFlags(pool, fsType, req.GetVolumeCapabilities()); err != nil {
