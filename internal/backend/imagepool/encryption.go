@@ -59,10 +59,7 @@ func capacityOf(path string) (int64, error) {
 
 // encryptNew writes the LUKS header of a new, empty image.
 func encryptNew(ctx context.Context, path string, enc *backend.Encryption) error {
-	if err := luks.Format(ctx, path, enc.Key, luks.DefaultOptions()); err != nil {
-		return fmt.Errorf("encrypt %s: %w", path, err)
-	}
-	return nil
+	return luks.FormatVolume(ctx, path, enc.Key)
 }
 
 // encryptCopy moves a copied image to the new volume's key: an encrypted
@@ -76,8 +73,5 @@ func encryptCopy(ctx context.Context, path string, enc *backend.Encryption) erro
 	if err := luks.CheckCopy(ok, enc != nil, enc != nil && enc.SourceKey != nil); err != nil || enc == nil {
 		return err
 	}
-	if err := luks.Rekey(ctx, path, enc.SourceKey, enc.Key, luks.DefaultOptions()); err != nil {
-		return fmt.Errorf("move the copy to its own key: %w", err)
-	}
-	return nil
+	return luks.MoveCopy(ctx, path, enc.SourceKey, enc.Key)
 }

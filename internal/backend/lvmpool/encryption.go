@@ -18,7 +18,7 @@ import (
 // whole extents, and every size the pool reports is the LV's less the
 // header. A thin snapshot is ciphertext under its volume's key slot and
 // needs no key; a restore or clone is a thin snapshot moved from its
-// source's key slot to its own (luks.Rekey) before it is committed.
+// source's key slot to its own (luks.MoveCopy) before it is committed.
 
 var (
 	_ backend.Encrypter            = (*Pool)(nil)
@@ -75,26 +75,10 @@ func lvSize(want, floor, limit, header, extent int64) (int64, error) {
 	return roundSize(want+header, floor+header, limit, extent)
 }
 
-// encryptNew writes the LUKS header of a new, empty LV.
-func encryptNew(ctx context.Context, dev string, enc *backend.Encryption) error {
-	if err := luks.Format(ctx, dev, enc.Key, luks.DefaultOptions()); err != nil {
-		return fmt.Errorf("encrypt %s: %w", dev, err)
-	}
-	return nil
-}
-
 // checkCopyEncryption refuses, before anything is made, a restore or clone
 // whose encryption does not fit its source's.
 func checkCopyEncryption(sourceEncrypted bool, enc *backend.Encryption) error {
 	return luks.CheckCopy(sourceEncrypted, enc != nil, enc != nil && enc.SourceKey != nil)
-}
-
-// rekeyCopy moves the copy on dev from its source's key slot to its own.
-func rekeyCopy(ctx context.Context, dev string, enc *backend.Encryption) error {
-	if err := luks.Rekey(ctx, dev, enc.SourceKey, enc.Key, luks.DefaultOptions()); err != nil {
-		return fmt.Errorf("move the copy to its own key: %w", err)
-	}
-	return nil
 }
 
 // Activate implements backend.Activator: an inactive volume (after a

@@ -506,7 +506,7 @@ func (p *Pool) CreateVolume(ctx context.Context, id string, spec backend.Spec, c
 			return err
 		}
 		if spec.Encryption != nil {
-			return encryptNew(ctx, p.device(tmp), spec.Encryption)
+			return luks.FormatVolume(ctx, p.device(tmp), spec.Encryption.Key)
 		}
 		return nil
 	}, commit)
@@ -927,7 +927,7 @@ func (p *ThinPool) CreateVolumeFrom(ctx context.Context, id string, spec backend
 			}
 		}
 		if header > 0 {
-			return rekeyCopy(ctx, p.device(tmp), spec.Encryption)
+			return luks.MoveCopy(ctx, p.device(tmp), spec.Encryption.SourceKey, spec.Encryption.Key)
 		}
 		return nil
 	}, commit)
