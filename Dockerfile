@@ -37,9 +37,10 @@ FROM debian:bookworm-slim
 #   mount        mount, umount
 #   lvm2         lvs, lvcreate, lvremove, ... (lvm pools; thin pools need
 #                thin-provisioning-tools on the host, which activates them)
+#   cryptsetup-bin  cryptsetup (encryption: "true" on image and lvm pools)
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      e2fsprogs xfsprogs btrfs-progs util-linux mount lvm2 \
+      e2fsprogs xfsprogs btrfs-progs util-linux mount lvm2 cryptsetup-bin \
  && rm -rf /var/lib/apt/lists/*
 
 COPY --from=build /out/cairn /out/cairnctl /usr/local/bin/

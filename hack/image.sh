@@ -21,7 +21,7 @@
 #   xfsprogs     mkfs.xfs, xfs_growfs, xfs_quota (image pools; xfs project quotas)
 #   btrfs-progs  btrfs subvolume/qgroup (btrfs pools; btrfs image filesystems)
 #   util-linux   losetup, blkid, findmnt, fsfreeze, blockdev      mount: mount, umount
-#   lvm2, cryptsetup-bin   for block devices layered under pools by the operator
+#   lvm2, cryptsetup-bin   lvm pools; LUKS2 encryption of image and lvm volumes
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=/usr/local/go/bin:$PATH

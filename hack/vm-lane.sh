@@ -56,7 +56,7 @@ PKGS=(
   "sanity-lvm-mount|./test/sanity|CAIRN_SANITY_TARGETS=lvm/thin-mount|^TestSanity\$"
   "sanity-lvm-block|./test/sanity|CAIRN_SANITY_TARGETS=lvm/thin-block|^TestSanity\$"
   "sanity|./test/sanity|CAIRN_SANITY_TARGETS=dir/ext4-prjquota,dir/xfs-prjquota,image/luks|^TestSanity\$"
-  "lvm|./test/lvm||^TestSnapshotWhileWriting\$"
+  "lvm|./test/lvm||^(TestSnapshotWhileWriting|TestEncryptedLVMVolumes|TestEncryptedThickVolume|TestLVHealth)\$"
   "lvmpool|./internal/backend/lvmpool||^(TestSuite|TestThinPoolFull|TestReconcileLeavesUntaggedLVs)\$"
   "image|./test/image||^(TestOnlineExpansion|TestGrowAtStage|TestBlockExpansionLeavesWorkloadFilesystem|TestLUKSVolumes)\$"
   "dirpool|./internal/backend/dirpool||^TestSuite\$/^(ext4-prjquota|xfs)\$;^(TestQuotaEnforced|TestQuotaPrivilegedWriter|TestProjectIDsUnique|TestQuotaRejectsZeroCapacity)\$"

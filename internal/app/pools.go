@@ -59,6 +59,12 @@ func (p *poolFlags) Set(v string) error {
 		if s.Name == name {
 			return fmt.Errorf("pool %q given twice", name)
 		}
+		// An LVM pool owns the LVs tagged with its VG or VG/THINPOOL, and
+		// its reconcile removes the ones its store records do not know: a
+		// second pool on the same one would remove the first one's volumes.
+		if typ == lvmpool.Type && s.Type == lvmpool.Type && s.Path == path {
+			return fmt.Errorf("pool %q: lvm:%s is already pool %q; one VG or thin pool is one pool (use StorageClass parameters, such as encryption, to tell volumes apart)", name, path, s.Name)
+		}
 	}
 	if typ != lvmpool.Type {
 		path = filepath.Clean(path)

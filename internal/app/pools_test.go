@@ -83,6 +83,17 @@ func TestPoolFlagDuplicateAndString(t *testing.T) {
 	if err := p.Set("a=dir:/z"); err == nil || !strings.Contains(err.Error(), "twice") {
 		t.Errorf("a second pool named a: err = %v", err)
 	}
+	// Two lvm pools on one thin pool would reconcile away each other's
+	// volumes; a thick pool on its VG is another pool.
+	var l poolFlags
+	for _, v := range []string{"thin=lvm:vg0/tp", "thick=lvm:vg0"} {
+		if err := l.Set(v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Set("enc=lvm:vg0/tp"); err == nil || !strings.Contains(err.Error(), `already pool "thin"`) {
+		t.Errorf("a second lvm pool on vg0/tp: err = %v", err)
+	}
 	if got := p.String(); got != "a=dir:/x,b=dir:/y" {
 		t.Errorf("String() = %q", got)
 	}

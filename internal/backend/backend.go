@@ -235,6 +235,41 @@ func (k SourceKind) String() string {
 type Source struct {
 	Kind SourceKind
 	Path string
+	// LUKS says that a block device source starts with a LUKS2 header the
+	// pool wrote (an Encrypter's volume): the node opens it and uses the
+	// mapping, never the device itself. The pool knows this from its own
+	// records, not from the device's content, which a workload with raw
+	// block access writes. Image sources leave it false; the node reads
+	// their header.
+	LUKS bool
+}
+
+// Activator is implemented by pools whose volumes can exist but be
+// inactive on the node, with no device to use (LVM logical volumes after a
+// reboot with auto-activation off). Only NodeStageVolume, the call that is
+// about to use the device, activates; Source, health and every listing
+// report what they find and change nothing.
+type Activator interface {
+	// Activate makes volume id's device usable, if it is not already. It
+	// refuses with errdefs.ErrUnavailable a volume that cannot be used
+	// whole (an LV missing a physical volume).
+	Activate(ctx context.Context, id string) error
+}
+
+// Condition is a volume's state as its pool sees it, for health reports.
+type Condition struct {
+	Abnormal bool
+	Reason   string // short, CamelCase: "DataMissing", "Inactive", "Partial"
+	Message  string // what an operator reads: what is wrong and what to do
+}
+
+// HealthChecker is implemented by pools that know more about a volume's
+// state than whether its path exists (an LV can be inactive or partial).
+type HealthChecker interface {
+	// VolumeCondition reports volume id's condition. It only reads: it
+	// never activates, repairs or otherwise changes anything. An error
+	// means the condition could not be determined.
+	VolumeCondition(ctx context.Context, id string) (Condition, error)
 }
 
 // Usage is a volume's space and inode usage. Zero inode fields mean the

@@ -88,12 +88,20 @@ func parseCreateParams(params map[string]string) (createParams, error) {
 	return p, nil
 }
 
+// formatsVolumes reports whether the node formats pool's mount volumes:
+// pools of images or block devices (image, lvm), the ones that can serve
+// raw block volumes, as opposed to pools of directories.
+func formatsVolumes(pool backend.Backend) bool {
+	_, images := pool.(backend.ImageFiles)
+	return images || backend.SupportsBlock(pool)
+}
+
 // checkPoolMountFlags refuses, at create time, mount flags the node would
 // refuse at publish: a directory volume takes per-mount options only, an
-// image volume also its filesystem's allow-listed options.
+// image or lvm volume also its filesystem's allow-listed options.
 func checkPoolMountFlags(pool backend.Backend, fsType string, caps []*csi.VolumeCapability) error {
 	flagFS := ""
-	if _, ok := pool.(backend.ImageFiles); ok {
+	if formatsVolumes(pool) {
 		flagFS = firstNonEmpty(fsType, "ext4")
 	}
 	for i, c := range caps {
@@ -237,7 +245,7 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest,
 	if err != nil {
 		return nil, err
 	}
-	if _, formats := pool.(backend.ImageFiles); params.mkfsOptions != "" && !formats {
+	if params.mkfsOptions != "" && !formatsVolumes(pool) {
 		return nil, invalid("parameters.%s: pool %q (%s) keeps volumes as directories and formats nothing", ParamMkfsOptions, poolName, pool.Type())
 	}
 	if err := checkPoolMountFlags(pool, fsType, req.GetVolumeCapabilities()); err != nil {
@@ -531,6 +539,14 @@ func (d *Driver) deleteVolume(ctx context.Context, id string) error {
 // and holding its space. A device some process still holds open cannot be
 // detached now; the delete is then refused rather than leaving it behind.
 func (d *Driver) detachForDelete(ctx context.Context, id string, src backend.Source) error {
+	if src.Kind == backend.SourceBlockDevice && src.LUKS {
+		// Staged for block access and not published: the mapping holds the
+		// LV open, and the pool could not deactivate it.
+		if err := closeLUKS(ctx, id); err != nil {
+			return fmt.Errorf("%w: %w", err, errdefs.ErrFailedPrecondition)
+		}
+		return nil
+	}
 	if src.Kind != backend.SourceImageFile || d.cfg.Loop == nil {
 		return nil
 	}
@@ -823,7 +839,9 @@ func (d *Driver) expand(ctx context.Context, id string, r *csi.CapacityRange) (s
 //     access it then grows the filesystem online. A volume that is not
 //     staged needs nothing (the next attach sees the new size, and stage
 //     grows the filesystem), which NodeExpandVolume handles as a no-op.
-//   - Block devices: for mount access only, to grow the filesystem.
+//   - Block devices: for mount access, to grow the filesystem; and
+//     encrypted ones for block access too, since their LUKS mapping keeps
+//     its size until cryptsetup resize on the node.
 func (d *Driver) needsNodeExpansion(ctx context.Context, v store.Volume) bool {
 	pool, ok := d.pools[v.Pool]
 	if !ok {
@@ -837,7 +855,7 @@ func (d *Driver) needsNodeExpansion(ctx context.Context, v store.Volume) bool {
 	case backend.SourceImageFile:
 		return true
 	case backend.SourceBlockDevice:
-		return v.AccessType == backend.AccessMount.String()
+		return v.AccessType == backend.AccessMount.String() || src.LUKS
 	}
 	return false
 }

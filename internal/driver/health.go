@@ -7,14 +7,18 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
+	"github.com/cairn-csi/cairn/internal/backend"
 	"github.com/cairn-csi/cairn/internal/errdefs"
 	"github.com/cairn-csi/cairn/internal/store"
 )
 
 // Volume health (CSI 1.13 replaced the alpha VolumeCondition with these
-// RPCs). A volume is INACCESSIBLE when its pool is not configured or its
-// data is gone from disk, and DEGRADED when a published path on this node
-// lost its mount.
+// RPCs). A volume is INACCESSIBLE when its pool is not configured, its
+// data is gone from disk, or its pool says it cannot be used as it is (an
+// LVM LV that is inactive or partial: backend.HealthChecker), and DEGRADED
+// when a published path on this node lost its mount. Health only reads:
+// an inactive LV stays inactive, and abnormal, until NodeStageVolume
+// activates it.
 
 func healthEntry(status csi.VolumeHealthErrorType, reason, msg string) *csi.VolumeHealth_VolumeHealthEntry {
 	return &csi.VolumeHealth_VolumeHealthEntry{Status: status, Reason: reason, Message: msg}
@@ -29,15 +33,40 @@ func (d *Driver) volumeHealth(ctx context.Context, v store.Volume) *csi.VolumeHe
 			"PoolNotConfigured", fmt.Sprintf("pool %q is not configured on this node", v.Pool)))
 		return h
 	}
-	src, err := pool.Source(ctx, v.ID)
+	h.HealthStatuses = append(h.HealthStatuses, d.dataHealth(ctx, pool, v.ID, nil)...)
+	return h
+}
+
+// dataHealth checks that volume id's data is there and usable: by the
+// pool's own check when it has one, else by finding its source (src, when
+// the caller already has it) on disk.
+func (d *Driver) dataHealth(ctx context.Context, pool backend.Backend, id string, src *backend.Source) []*csi.VolumeHealth_VolumeHealthEntry {
+	if hc, ok := pool.(backend.HealthChecker); ok {
+		c, err := hc.VolumeCondition(ctx, id)
+		switch {
+		case err != nil:
+			return []*csi.VolumeHealth_VolumeHealthEntry{healthEntry(csi.VolumeHealthErrorType_INACCESSIBLE,
+				"CheckFailed", fmt.Sprintf("the pool could not report the volume's state: %v", err))}
+		case c.Abnormal:
+			return []*csi.VolumeHealth_VolumeHealthEntry{healthEntry(csi.VolumeHealthErrorType_INACCESSIBLE, c.Reason, c.Message)}
+		}
+		return nil
+	}
+	var err error
+	if src == nil {
+		var s backend.Source
+		if s, err = pool.Source(ctx, id); err == nil {
+			src = &s
+		}
+	}
 	if err == nil {
 		_, err = os.Stat(src.Path)
 	}
 	if err != nil {
-		h.HealthStatuses = append(h.HealthStatuses, healthEntry(csi.VolumeHealthErrorType_INACCESSIBLE,
-			"DataMissing", fmt.Sprintf("volume data is missing: %v", err)))
+		return []*csi.VolumeHealth_VolumeHealthEntry{healthEntry(csi.VolumeHealthErrorType_INACCESSIBLE,
+			"DataMissing", fmt.Sprintf("volume data is missing: %v", err))}
 	}
-	return h
+	return nil
 }
 
 // ControllerGetVolumeHealth implements csi.ControllerServer.
@@ -106,13 +135,18 @@ func (d *Driver) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolume
 		return nil, toStatus(err)
 	}
 	nv, err := d.findVolume(ctx, req.GetVolumeId(), nil)
+	if d.store != nil && (errdefs.Is(err, errdefs.ErrNotFound) || errdefs.Is(err, errdefs.ErrUnavailable)) {
+		// A volume the store knows whose data is gone or unusable on this
+		// node is abnormal, not unknown.
+		if v, verr := d.volumeRecord(ctx, req.GetVolumeId()); verr == nil {
+			return &csi.NodeGetVolumeHealthResponse{VolumeHealth: d.volumeHealth(ctx, v)}, nil
+		}
+	}
 	if err != nil {
 		return nil, toStatus(err)
 	}
 	h := &csi.VolumeHealth{VolumeId: nv.id}
-	if _, err := os.Stat(nv.src.Path); err != nil {
-		h.HealthStatuses = append(h.HealthStatuses, healthEntry(csi.VolumeHealthErrorType_INACCESSIBLE, "DataMissing", err.Error()))
-	}
+	h.HealthStatuses = append(h.HealthStatuses, d.dataHealth(ctx, nv.b, nv.id, &nv.src)...)
 	if p := req.GetVolumePublishPath(); p != "" {
 		if err := requirePath("volume_publish_path", p); err != nil {
 			return nil, toStatus(err)

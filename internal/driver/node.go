@@ -203,6 +203,21 @@ func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 			return nil // publish bind-mounts the device itself
 		}
 	}
+	if nv.src.Kind == backend.SourceBlockDevice {
+		opened, err := d.openBlockDevice(ctx, nv, req.GetSecrets())
+		if err != nil {
+			return err
+		}
+		if opened {
+			defer func() {
+				if retErr != nil {
+					if err := closeLUKS(context.WithoutCancel(ctx), nv.id); err != nil {
+						d.log.Error("close after a failed stage", "volume", nv.id, "err", err)
+					}
+				}
+			}()
+		}
+	}
 
 	// An encrypted volume is unlocked on every stage, the repeated ones
 	// too: a wrong secret is refused even when the volume is mounted, and
@@ -301,6 +316,10 @@ func (d *Driver) nodeUnstage(ctx context.Context, req *csi.NodeUnstageVolumeRequ
 	switch {
 	case err == nil && nv.src.Kind == backend.SourceImageFile && d.cfg.Loop != nil:
 		if err := d.detachUnused(ctx, nv); err != nil {
+			return err
+		}
+	case err == nil && nv.src.Kind == backend.SourceBlockDevice:
+		if err := d.closeBlockDevice(ctx, nv); err != nil {
 			return err
 		}
 	case errdefs.Is(err, errdefs.ErrNotFound) && d.cfg.Loop != nil:
@@ -429,7 +448,7 @@ func (d *Driver) nodePublish(ctx context.Context, req *csi.NodePublishVolumeRequ
 	// What to bind: the staged filesystem, or the loop device itself.
 	bindSource := staging
 	if nv.block(cap) && nv.src.Kind == backend.SourceBlockDevice {
-		if bindSource, err = deviceNode(nv.src); err != nil {
+		if bindSource, err = blockDeviceOf(nv); err != nil {
 			return err
 		}
 	} else if nv.block(cap) {

@@ -82,8 +82,11 @@ func (d *Driver) reconcileLoops(ctx context.Context) {
 
 // freezeForSnapshot freezes a mounted image filesystem so that a snapshot
 // of its image is consistent; directory and btrfs volumes are snapshotted
-// by the filesystem itself and need no freeze. The returned thaw is never
-// nil.
+// by the filesystem itself and need no freeze. So are plain LVs: lvm2
+// suspends the origin with lockfs, which freezes the filesystem on it. An
+// encrypted LV's filesystem is on the LUKS mapping above the LV, which
+// lvm2's suspend does not reach, so it is frozen here. The returned thaw
+// is never nil.
 func (d *Driver) freezeForSnapshot(ctx context.Context, v store.Volume) (func() error, error) {
 	noop := func() error { return nil }
 	pool, ok := d.pools[v.Pool]
@@ -91,7 +94,13 @@ func (d *Driver) freezeForSnapshot(ctx context.Context, v store.Volume) (func() 
 		return noop, nil
 	}
 	src, err := pool.Source(ctx, v.ID)
-	if err != nil || src.Kind != backend.SourceImageFile || d.cfg.Loop == nil {
+	if err != nil {
+		return noop, nil
+	}
+	switch {
+	case src.Kind == backend.SourceImageFile && d.cfg.Loop != nil:
+	case src.Kind == backend.SourceBlockDevice && src.LUKS:
+	default:
 		return noop, nil
 	}
 	mps, err := d.mountsOf(ctx, src)

@@ -18,11 +18,12 @@ import (
 	"github.com/cairn-csi/cairn/internal/luks"
 )
 
-// Encrypted image volumes: the image holds a LUKS2 header (written by the
-// pool at create) and ciphertext. Stage attaches the loop device, opens it
-// as the mapping cairn-<volume ID> with the volume's key, and formats,
-// mounts or (block access) publishes the mapping. Unstage closes it before
-// the loop device is detached.
+// Encrypted image and block device (LVM) volumes: the image or LV holds a
+// LUKS2 header (written by the pool at create) and ciphertext. Stage
+// attaches the loop device (images) or activates the LV, opens it as the
+// mapping cairn-<volume ID> with the volume's key, and formats, mounts or
+// (block access) publishes the mapping. Unstage closes it before the loop
+// device is detached; DeleteVolume closes it first too.
 
 // SecretPreviousEncryptionPassphrase carries the passphrase being rotated
 // away from: a stage whose encryptionPassphrase opens no key slot tries it
@@ -36,12 +37,17 @@ func LUKSKey(secret []byte, id string) ([]byte, error) {
 	return hkdf.Key(sha512.New, secret, []byte(id), "cairn luks2 volume key", 64)
 }
 
-// isLUKSVolume reports whether nv is an image volume with a LUKS header.
+// isLUKSVolume reports whether nv is an encrypted volume: an image with a
+// LUKS header, or a block device its pool says it encrypted (its content
+// is the workload's, so it is not sniffed).
 func isLUKSVolume(nv nodeVolume) (bool, error) {
-	if nv.src.Kind != backend.SourceImageFile {
-		return false, nil
+	switch nv.src.Kind {
+	case backend.SourceImageFile:
+		return luks.IsLUKS(nv.src.Path)
+	case backend.SourceBlockDevice:
+		return nv.src.LUKS, nil
 	}
-	return luks.IsLUKS(nv.src.Path)
+	return false, nil
 }
 
 // openLUKS opens the LUKS volume on loop device dev with the key from the

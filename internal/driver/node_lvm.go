@@ -2,12 +2,14 @@ package driver
 
 // The node side of volumes whose source is a block device of their own
 // (backend.SourceBlockDevice: LVM logical volumes). They need no loop
-// device: mount access formats the device if blank and mounts it at the
-// staging path; block access stages nothing and publishes by
-// bind-mounting the device node onto the target file; NodeExpandVolume
-// grows a mounted filesystem online (the controller's lvextend already
-// grew the device). node.go calls these from one-line
-// `case backend.SourceBlockDevice` hooks.
+// device: stage activates an inactive LV (backend.Activator) and opens an
+// encrypted one as its LUKS mapping; mount access formats the device (or
+// mapping) if blank and mounts it at the staging path; block access
+// stages nothing more and publishes by bind-mounting the device node (or
+// mapping) onto the target file; NodeExpandVolume makes the mapping fill
+// the grown LV and grows a mounted filesystem online (the controller's
+// lvextend already grew the LV). Unstage closes the mapping. node.go calls
+// these from one-line `case backend.SourceBlockDevice` hooks.
 
 import (
 	"context"
@@ -21,6 +23,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cairn-csi/cairn/internal/backend"
+	"github.com/cairn-csi/cairn/internal/errdefs"
+	"github.com/cairn-csi/cairn/internal/luks"
 	"github.com/cairn-csi/cairn/internal/mountfd"
 )
 
@@ -43,6 +47,66 @@ func deviceNode(src backend.Source) (string, error) {
 	return dev, nil
 }
 
+// openBlockDevice readies a block device volume for stage: an inactive LV
+// is activated (the one place that activates: it is about to be used,
+// and after a reboot with auto-activation off that is lvm2's normal
+// state), and an encrypted one is opened with the stage secrets. It
+// reports whether it opened a mapping, which a failed stage closes again.
+// Activation is asked for only when the device node is missing, so a
+// stage of an active LV costs no lvm2 command.
+func (d *Driver) openBlockDevice(ctx context.Context, nv nodeVolume, secrets map[string]string) (bool, error) {
+	if _, err := os.Stat(nv.src.Path); err != nil {
+		a, ok := nv.b.(backend.Activator)
+		if !ok {
+			return false, fmt.Errorf("volume %s: device %s: %w", nv.id, nv.src.Path, err)
+		}
+		if err := a.Activate(ctx, nv.id); err != nil {
+			return false, err
+		}
+	}
+	if !nv.src.LUKS {
+		return false, nil
+	}
+	dev, err := deviceNode(nv.src)
+	if err != nil {
+		return false, err
+	}
+	if _, err := d.openLUKS(ctx, nv, dev, secrets); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// blockDeviceOf is the device a block device volume's data is used
+// through: its LUKS mapping, which must be open (stage opened it), or the
+// device node itself.
+func blockDeviceOf(nv nodeVolume) (string, error) {
+	if !nv.src.LUKS {
+		return deviceNode(nv.src)
+	}
+	p := luks.MappingPath(luks.MappingName(nv.id))
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("volume %s is encrypted and not staged (its mapping %s is not open): %w", nv.id, p, errdefs.ErrFailedPrecondition)
+	}
+	return p, nil
+}
+
+// closeBlockDevice closes an encrypted block device volume's mapping at
+// unstage, once nothing mounts it, so that the key leaves the kernel.
+func (d *Driver) closeBlockDevice(ctx context.Context, nv nodeVolume) error {
+	if !nv.src.LUKS {
+		return nil
+	}
+	mps, err := d.mountsOf(ctx, nv.src)
+	if err != nil {
+		return err
+	}
+	if len(mps) > 0 {
+		return fmt.Errorf("volume %s is still mounted at %v; unpublish it first: %w", nv.id, mps, errdefs.ErrFailedPrecondition)
+	}
+	return closeLUKS(ctx, nv.id)
+}
+
 // stageBlockDevice stages a block device volume: for mount access, format
 // it if blank and mount it at staging, then grow the filesystem if the
 // device is larger (a restore or clone into a bigger volume, or an
@@ -54,7 +118,7 @@ func (d *Driver) stageBlockDevice(ctx context.Context, nv nodeVolume, c *csi.Vol
 	if nv.mkfsErr != nil {
 		return nv.mkfsErr
 	}
-	dev, err := deviceNode(nv.src)
+	dev, err := blockDeviceOf(nv)
 	if err != nil {
 		return err
 	}
@@ -117,14 +181,24 @@ func blockDeviceUsage(nv nodeVolume, path string) (backend.Usage, error) {
 }
 
 // growBlockDeviceOnNode grows the filesystem of a block device volume
-// mounted at path, online. The device already has its new size (lvextend
-// changes it in place). For block access there is nothing to do: a
+// mounted at path, online. The LV already has its new size (lvextend
+// changes it in place); an open LUKS mapping on it is made to fill it
+// first (cryptsetup resize, with the key Open left in the dm table), for
+// block and mount access alike. For block access that is all: a
 // filesystem the workload made on its raw device is the workload's.
 func (d *Driver) growBlockDeviceOnNode(ctx context.Context, nv nodeVolume, path string) error {
+	if nv.src.LUKS {
+		name := luks.MappingName(nv.id)
+		if _, err := os.Stat(luks.MappingPath(name)); err == nil {
+			if err := luks.Resize(ctx, name); err != nil {
+				return fmt.Errorf("volume %s: %w", nv.id, err)
+			}
+		}
+	}
 	if ok, err := d.filesystemMountedAt(ctx, nv, path); err != nil || !ok {
 		return err
 	}
-	dev, err := deviceNode(nv.src)
+	dev, err := blockDeviceOf(nv)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
-// Package luks owns LUKS2 (dm-crypt) for image volumes: formatting an image
-// file's header, opening it as a device-mapper mapping and closing it, and
-// moving a copy to another key. It runs cryptsetup (exec.CommandContext,
+// Package luks owns LUKS2 (dm-crypt) for image and lvm volumes: formatting
+// the header of an image file or LV, opening it as a device-mapper mapping
+// and closing it, moving a copy to another key, and the rule for which
+// copies can be made, so that every pool encrypts the same way. It runs cryptsetup (exec.CommandContext,
 // LC_ALL=C); keys go to it through pipes, never on a command line, in the
 // environment or in a file.
 package luks
@@ -130,8 +131,9 @@ func run(ctx context.Context, keys [][]byte, args ...string) error {
 // keyFile is the key file argument for key i of run's keys.
 func keyFile(i int) string { return fmt.Sprintf("/dev/fd/%d", 3+i) }
 
-// Format writes a LUKS2 header to path (an image file) with key in slot 0,
-// with 4096-byte encryption sectors, which fit every loop block size.
+// Format writes a LUKS2 header to path (an image file or a block device)
+// with key in slot 0, with 4096-byte encryption sectors, which fit every
+// loop block size and every LV.
 func Format(ctx context.Context, path string, key []byte, o Options) error {
 	args := []string{"luksFormat", "--batch-mode", "--type", "luks2", "--cipher", "aes-xts-plain64", "--key-size", "512",
 		"--sector-size", "4096", "--key-file", keyFile(0)}
@@ -184,4 +186,42 @@ func Rekey(ctx context.Context, path string, oldKey, newKey []byte, o Options) e
 // Check reports whether key opens a slot of the LUKS image at path.
 func Check(ctx context.Context, path string, key []byte) error {
 	return run(ctx, [][]byte{key}, "open", "--test-passphrase", "--key-file", keyFile(0), path)
+}
+
+// CheckCopy decides whether a copy of a volume (a clone, a restore) can be
+// made as asked, before any of it is made: an encrypted source's copy must
+// be encrypted too and be given the source's key, so that Rekey can move
+// it to its own; plain content cannot be encrypted in place. Every pool
+// that encrypts with LUKS applies the same rule.
+func CheckCopy(sourceEncrypted, encrypt, haveSourceKey bool) error {
+	switch {
+	case sourceEncrypted && !encrypt:
+		return fmt.Errorf("the content source is encrypted; a volume made from it must be too: %w", errdefs.ErrInvalidArgument)
+	case !sourceEncrypted && encrypt:
+		return fmt.Errorf("a copy of plain content cannot be encrypted in place; create an encrypted volume and copy the data into it: %w", errdefs.ErrInvalidArgument)
+	case encrypt && !haveSourceKey:
+		return fmt.Errorf("the content source is encrypted and no key for it was given: %w", errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// FormatVolume writes the header of a new, empty volume (an image file or
+// a block device) with key, formatted as this process formats
+// (DefaultOptions). Every pool that encrypts with LUKS creates volumes
+// with it.
+func FormatVolume(ctx context.Context, path string, key []byte) error {
+	if err := Format(ctx, path, key, DefaultOptions()); err != nil {
+		return fmt.Errorf("encrypt %s: %w", path, err)
+	}
+	return nil
+}
+
+// MoveCopy moves a copy of an encrypted volume (a clone, a restore) from
+// its source's key slot to its own key, so that the source's key opens
+// nothing of it. CheckCopy has decided the copy may be made.
+func MoveCopy(ctx context.Context, path string, sourceKey, key []byte) error {
+	if err := Rekey(ctx, path, sourceKey, key, DefaultOptions()); err != nil {
+		return fmt.Errorf("move the copy to its own key: %w", err)
+	}
+	return nil
 }

@@ -166,6 +166,7 @@ resizer: {enabled: false}
 metrics: {enabled: false}
 `,
 	},
+	{name: "lvm pools", values: lvmValues},
 }
 
 func TestHelmLint(t *testing.T) {
@@ -480,6 +481,8 @@ func TestBadValuesRejected(t *testing.T) {
 		{"duplicate pool", "pools: [{name: a, type: dir, path: /a}, {name: a, type: dir, path: /b}]\n", "listed twice"},
 		{"relative pool path", "pools: [{name: a, type: dir, path: a}]\n", "must be absolute"},
 		{"resizer cairn mode", "resizer: {cairnMode: node}\n", "resizer.cairnMode must be all or controller"},
+		{"lvm path", "pools: [{name: a, type: lvm, path: /dev/vg0}]\n", "an lvm pool's path is VG or VG/THINPOOL"},
+		{"two lvm pools on one thin pool", "pools: [{name: a, type: lvm, path: vg0/tp}, {name: b, type: lvm, path: vg0/tp}]\n", `lvm:vg0/tp is already pool "a"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

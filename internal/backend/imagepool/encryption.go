@@ -5,7 +5,6 @@ import (
 	"fmt"
 
 	"github.com/cairn-csi/cairn/internal/backend"
-	"github.com/cairn-csi/cairn/internal/errdefs"
 	"github.com/cairn-csi/cairn/internal/luks"
 )
 
@@ -60,32 +59,19 @@ func capacityOf(path string) (int64, error) {
 
 // encryptNew writes the LUKS header of a new, empty image.
 func encryptNew(ctx context.Context, path string, enc *backend.Encryption) error {
-	if err := luks.Format(ctx, path, enc.Key, luks.DefaultOptions()); err != nil {
-		return fmt.Errorf("encrypt %s: %w", path, err)
-	}
-	return nil
+	return luks.FormatVolume(ctx, path, enc.Key)
 }
 
 // encryptCopy moves a copied image to the new volume's key: an encrypted
-// source's slot is replaced by the new key's. A plain source cannot be
-// encrypted in place.
+// source's slot is replaced by the new key's (luks.CheckCopy says which
+// copies can be made).
 func encryptCopy(ctx context.Context, path string, enc *backend.Encryption) error {
 	ok, err := luks.IsLUKS(path)
 	if err != nil {
 		return err
 	}
-	switch {
-	case enc == nil && ok:
-		return fmt.Errorf("the content source is encrypted; a volume made from it must be too: %w", errdefs.ErrInvalidArgument)
-	case enc == nil:
-		return nil
-	case !ok:
-		return fmt.Errorf("an image pool cannot encrypt a copy of plain content: %w", errdefs.ErrInvalidArgument)
-	case enc.SourceKey == nil:
-		return fmt.Errorf("the content source is encrypted and no key for it was given: %w", errdefs.ErrInvalidArgument)
+	if err := luks.CheckCopy(ok, enc != nil, enc != nil && enc.SourceKey != nil); err != nil || enc == nil {
+		return err
 	}
-	if err := luks.Rekey(ctx, path, enc.SourceKey, enc.Key, luks.DefaultOptions()); err != nil {
-		return fmt.Errorf("move the copy to its own key: %w", err)
-	}
-	return nil
+	return luks.MoveCopy(ctx, path, enc.SourceKey, enc.Key)
 }

@@ -39,6 +39,23 @@
 // naming the pool and its fill level, before it can overflow (a full thin
 // pool fails writes in every volume).
 //
+// # Encryption
+//
+// A *Pool is a backend.Encrypter (LUKS2, as image pools are): an encrypted
+// volume's LV is its capacity plus luks.HeaderBytes, starts with the LUKS2
+// header written at create, and carries TagEncryption=luks2, which Source
+// reports (backend.Source.LUKS) so that the node opens the LV as a
+// mapping. Thin snapshots copy the ciphertext; restores and clones are
+// moved to their own key slot before the commit (encryption.go).
+//
+// # Activation and health
+//
+// Source, listings and VolumeCondition only read lvs reports. An LV that
+// is inactive (after a reboot with auto-activation off) is activated by
+// Activate, which the node calls at NodeStageVolume only; until then
+// VolumeCondition reports it Inactive, and a missing, partial or failed
+// LV likewise, for the driver's volume health RPCs.
+//
 // # Commands and locking
 //
 // lvm2 runs through Runner (exec.CommandContext, LC_ALL=C), and reports

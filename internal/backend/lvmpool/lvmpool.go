@@ -20,6 +20,7 @@ import (
 	"github.com/cairn-csi/cairn/internal/backend/staging"
 	"github.com/cairn-csi/cairn/internal/crashpoint"
 	"github.com/cairn-csi/cairn/internal/errdefs"
+	"github.com/cairn-csi/cairn/internal/luks"
 )
 
 // Type is the pool type name.
@@ -29,13 +30,18 @@ const Type = "lvm"
 // LVs that carry TagOwner and this pool's TagPool: an LV without them is
 // someone else's, whatever its name.
 const (
-	TagOwner     = "cairn.csi.dev"
-	TagPool      = "cairn.csi.dev/pool"    // =VG or =VG/THINPOOL
-	TagKind      = "cairn.csi.dev/kind"    // =volume or =snapshot
-	TagSource    = "cairn.csi.dev/source"  // a snapshot's volume ID
-	TagCreated   = "cairn.csi.dev/created" // a snapshot's creation time, Unix seconds
-	kindVolume   = "volume"
-	kindSnapshot = "snapshot"
+	TagOwner   = "cairn.csi.dev"
+	TagPool    = "cairn.csi.dev/pool"    // =VG or =VG/THINPOOL
+	TagKind    = "cairn.csi.dev/kind"    // =volume or =snapshot
+	TagSource  = "cairn.csi.dev/source"  // a snapshot's volume ID
+	TagCreated = "cairn.csi.dev/created" // a snapshot's creation time, Unix seconds
+	// TagEncryption=luks2 marks an LV that starts with a LUKS2 header
+	// (luks.HeaderBytes) Cairn wrote: the volume's capacity is the LV's
+	// size less the header. Snapshots, restores and clones carry it on.
+	TagEncryption  = "cairn.csi.dev/encryption"
+	encryptionLUKS = "luks2"
+	kindVolume     = "volume"
+	kindSnapshot   = "snapshot"
 )
 
 // Defaults for Options.
@@ -475,7 +481,15 @@ func (p *Pool) CreateVolume(ctx context.Context, id string, spec backend.Spec, c
 	if err != nil {
 		return backend.Volume{}, err
 	}
-	size, err := roundSize(spec.CapacityBytes, 0, spec.LimitBytes, ext)
+	var header int64
+	var extra []string
+	if spec.Encryption != nil {
+		if err := p.CanEncrypt(ctx); err != nil {
+			return backend.Volume{}, err
+		}
+		header, extra = luks.HeaderBytes, []string{TagEncryption + "=" + encryptionLUKS}
+	}
+	size, err := lvSize(spec.CapacityBytes, 0, spec.LimitBytes, header, ext)
 	if err != nil {
 		return backend.Volume{}, fmt.Errorf("create volume %s: %w", id, err)
 	}
@@ -488,10 +502,15 @@ func (p *Pool) CreateVolume(ctx context.Context, id string, spec backend.Spec, c
 			// that the node's format-if-blank never mounts a stale filesystem.
 			args = append(args, "--size", bytesArg(size), "--wipesignatures", "y", "--zero", "y")
 		}
-		args = append(args, p.tags(kindVolume)...)
+		args = append(args, p.tags(kindVolume, extra...)...)
 		args = append(args, p.lvTarget())
-		err := p.mutate(ctx, "lvcreate", args...)
-		return err
+		if err := p.mutate(ctx, "lvcreate", args...); err != nil {
+			return err
+		}
+		if spec.Encryption != nil {
+			return luks.FormatVolume(ctx, p.device(tmp), spec.Encryption.Key)
+		}
+		return nil
 	}, commit)
 }
 
@@ -508,7 +527,7 @@ func (p *Pool) lvTarget() string {
 func (p *Pool) create(ctx context.Context, id string, spec backend.Spec, size int64, build func(ctx context.Context, tmp string) error, commit func(backend.Volume) error) (backend.Volume, error) {
 	p.vgLock.Lock()
 	defer p.vgLock.Unlock()
-	v := backend.Volume{ID: id, CapacityBytes: size}
+	v := backend.Volume{ID: id, CapacityBytes: size - specHeader(spec)}
 	lv, exists, err := p.owned(ctx, id, kindVolume)
 	if err != nil {
 		return backend.Volume{}, fmt.Errorf("create volume %s: %w", id, err)
@@ -517,11 +536,12 @@ func (p *Pool) create(ctx context.Context, id string, spec backend.Spec, size in
 		return backend.Volume{}, fmt.Errorf("create volume %s: a Cairn snapshot has that name: %w", id, errdefs.ErrAlreadyExists)
 	}
 	if exists {
-		if lv.Size < spec.CapacityBytes || spec.LimitBytes > 0 && lv.Size > spec.LimitBytes {
+		cur := capacity(lv)
+		if cur < spec.CapacityBytes || spec.LimitBytes > 0 && cur > spec.LimitBytes {
 			return backend.Volume{}, fmt.Errorf("create volume %s: it exists with %d bytes, outside [%d, %d]: %w",
-				id, lv.Size, spec.CapacityBytes, spec.LimitBytes, errdefs.ErrAlreadyExists)
+				id, cur, spec.CapacityBytes, spec.LimitBytes, errdefs.ErrAlreadyExists)
 		}
-		v.CapacityBytes = lv.Size
+		v.CapacityBytes = cur
 	} else {
 		tmp := staging.NewPrefix + id
 		if err := p.removeOwned(ctx, tmp); err != nil { // a leftover of a crashed attempt
@@ -633,10 +653,10 @@ func (p *Pool) activate(ctx context.Context, name string) error {
 	return err
 }
 
-// Source implements backend.Backend: the LV's device node. An inactive
-// volume (after a reboot without autoactivation) is activated here, since
-// Cairn owns it and it is useless inactive; a partial one (a physical
-// volume missing) is refused.
+// Source implements backend.Backend: the LV's device node, and whether it
+// starts with Cairn's LUKS header. It only looks: an inactive LV's node
+// does not exist until NodeStageVolume activates it (Activate). A partial
+// one (a physical volume missing) is refused.
 func (p *Pool) Source(ctx context.Context, id string) (backend.Source, error) {
 	if checkName(id) != nil {
 		return backend.Source{}, fmt.Errorf("volume %s in pool %s: %w", id, p.spec, errdefs.ErrNotFound)
@@ -651,14 +671,11 @@ func (p *Pool) Source(ctx context.Context, id string) (backend.Source, error) {
 	if lv.Partial() {
 		return backend.Source{}, fmt.Errorf("volume %s: LV %s/%s is partial (a physical volume is missing): %w", id, p.vg, id, errdefs.ErrUnavailable)
 	}
-	if !lv.Active || lv.Path == "" {
-		if err := p.activate(ctx, id); err != nil {
-			return backend.Source{}, fmt.Errorf("volume %s: LV %s/%s is inactive and did not activate: %w", id, p.vg, id, err)
-		}
-		p.log.Info("lvm pool: activated an inactive volume", "lv", p.vg+"/"+id)
-	}
-	return backend.Source{Kind: backend.SourceBlockDevice, Path: "/dev/" + p.vg + "/" + id}, nil
+	return backend.Source{Kind: backend.SourceBlockDevice, Path: p.device(id), LUKS: headerOf(lv) > 0}, nil
 }
+
+// device is LV name's device node (a symlink lvm2 keeps while it is active).
+func (p *Pool) device(name string) string { return "/dev/" + p.vg + "/" + name }
 
 // Usage implements backend.Backend for the LV: a thin LV uses what its
 // mapped blocks hold (data_percent of its size); a thick LV has all its
@@ -674,11 +691,12 @@ func (p *Pool) Usage(ctx context.Context, id string) (backend.Usage, error) {
 	if err != nil {
 		return backend.Usage{}, err
 	}
+	total := capacity(lv)
 	if p.thin == "" {
-		return backend.Usage{TotalBytes: lv.Size, UsedBytes: lv.Size}, nil
+		return backend.Usage{TotalBytes: total, UsedBytes: total}, nil
 	}
-	used := min(int64(float64(lv.Size)*lv.DataPct/100), lv.Size)
-	return backend.Usage{TotalBytes: lv.Size, UsedBytes: used, AvailableBytes: lv.Size - used}, nil
+	used := min(int64(float64(lv.Size)*lv.DataPct/100), total)
+	return backend.Usage{TotalBytes: total, UsedBytes: used, AvailableBytes: total - used}, nil
 }
 
 // ExpandVolume implements backend.Expander with lvextend. The filesystem
@@ -697,12 +715,13 @@ func (p *Pool) ExpandVolume(ctx context.Context, id string, newBytes int64) (int
 	if err != nil {
 		return 0, err
 	}
-	want, err := roundSize(newBytes, 0, 0, lv.ExtentSz)
+	header := headerOf(lv)
+	want, err := lvSize(newBytes, 0, 0, header, lv.ExtentSz)
 	if err != nil {
 		return 0, fmt.Errorf("expand volume %s: %w", id, err)
 	}
 	if want <= lv.Size {
-		return lv.Size, nil
+		return capacity(lv), nil
 	}
 	if err := p.room(ctx, want-lv.Size); err != nil {
 		return 0, fmt.Errorf("expand volume %s: %w", id, err)
@@ -710,7 +729,7 @@ func (p *Pool) ExpandVolume(ctx context.Context, id string, newBytes int64) (int
 	if err := p.mutate(ctx, "lvextend", "--quiet", "--size", bytesArg(want), p.vg+"/"+id); err != nil {
 		return 0, fmt.Errorf("expand volume %s to %d bytes: %w", id, want, err)
 	}
-	return want, nil
+	return want - header, nil
 }
 
 // Reconcile implements backend.Backend over this pool's tagged LVs only:
@@ -793,7 +812,7 @@ func (p *ThinPool) CreateSnapshot(ctx context.Context, snapID, volID string, com
 		if of, _ := lv.Tag(TagSource); of != volID {
 			return s, fmt.Errorf("snapshot %s exists of volume %s, not %s: %w", snapID, of, volID, errdefs.ErrAlreadyExists)
 		}
-		s.SizeBytes, s.CreatedAt = lv.Size, createdAt(lv)
+		s.SizeBytes, s.CreatedAt = capacity(lv), createdAt(lv)
 	} else {
 		if checkName(volID) != nil {
 			return s, fmt.Errorf("create snapshot %s: volume %s: %w", snapID, volID, errdefs.ErrNotFound)
@@ -808,14 +827,18 @@ func (p *ThinPool) CreateSnapshot(ctx context.Context, snapID, volID string, com
 		if err := p.room(ctx, 0); err != nil {
 			return s, fmt.Errorf("create snapshot %s: %w", snapID, err)
 		}
-		s.SizeBytes, s.CreatedAt = src.Size, time.Now().Truncate(time.Second)
+		s.SizeBytes, s.CreatedAt = capacity(src), time.Now().Truncate(time.Second)
 		tmp := staging.NewPrefix + snapID
 		if err := p.removeOwned(ctx, tmp); err != nil {
 			return s, fmt.Errorf("create snapshot %s: clear %s: %w", snapID, tmp, err)
 		}
 		crashpoint.Hit("create:start")
 		args := []string{"--yes", "--quiet", "--snapshot", "--setactivationskip", "y", "--name", tmp}
-		args = append(args, p.tags(kindSnapshot, TagSource+"="+volID, TagCreated+"="+strconv.FormatInt(s.CreatedAt.Unix(), 10))...)
+		extra := []string{TagSource + "=" + volID, TagCreated + "=" + strconv.FormatInt(s.CreatedAt.Unix(), 10)}
+		if headerOf(src) > 0 { // ciphertext, under the volume's key slot
+			extra = append(extra, TagEncryption+"="+encryptionLUKS)
+		}
+		args = append(args, p.tags(kindSnapshot, extra...)...)
 		args = append(args, p.vg+"/"+volID)
 		if err := p.mutate(ctx, "lvcreate", args...); err != nil {
 			if rmErr := p.removeOwned(context.WithoutCancel(ctx), tmp); rmErr != nil {
@@ -880,20 +903,33 @@ func (p *ThinPool) CreateVolumeFrom(ctx context.Context, id string, spec backend
 	if err != nil {
 		return backend.Volume{}, err
 	}
-	size, err := roundSize(spec.CapacityBytes, fromLV.Size, spec.LimitBytes, fromLV.ExtentSz)
+	header := headerOf(fromLV)
+	if err := checkCopyEncryption(header > 0, spec.Encryption); err != nil {
+		return backend.Volume{}, fmt.Errorf("create volume %s: %w", id, err)
+	}
+	var extra []string
+	if header > 0 {
+		extra = []string{TagEncryption + "=" + encryptionLUKS}
+	}
+	size, err := lvSize(spec.CapacityBytes, capacity(fromLV), spec.LimitBytes, header, fromLV.ExtentSz)
 	if err != nil {
 		return backend.Volume{}, fmt.Errorf("create volume %s: %w", id, err)
 	}
 	return p.create(ctx, id, spec, size, func(ctx context.Context, tmp string) error {
 		args := []string{"--yes", "--quiet", "--snapshot", "--setactivationskip", "n", "--name", tmp}
-		args = append(args, p.tags(kindVolume)...)
+		args = append(args, p.tags(kindVolume, extra...)...)
 		args = append(args, p.vg+"/"+from)
 		if err := p.mutate(ctx, "lvcreate", args...); err != nil {
 			return err
 		}
 		if size > fromLV.Size {
 			// lvcreate activated it (activation skip is off).
-			return p.mutate(ctx, "lvextend", "--quiet", "--size", bytesArg(size), p.vg+"/"+tmp)
+			if err := p.mutate(ctx, "lvextend", "--quiet", "--size", bytesArg(size), p.vg+"/"+tmp); err != nil {
+				return err
+			}
+		}
+		if header > 0 {
+			return luks.MoveCopy(ctx, p.device(tmp), spec.Encryption.SourceKey, spec.Encryption.Key)
 		}
 		return nil
 	}, commit)

@@ -93,6 +93,12 @@ metrics, and for the builtin liveness probe.
 {{- if not (regexMatch "^[A-Za-z0-9+_.][A-Za-z0-9+_.-]*(/[A-Za-z0-9+_.][A-Za-z0-9+_.-]*)?$" (toString .path)) -}}
 {{- fail (printf "pool %q: an lvm pool's path is VG or VG/THINPOOL, not %q" .name (toString .path)) -}}
 {{- end -}}
+{{- /* cairn refuses two lvm pools on one VG or thin pool: each would reconcile away the other's volumes. */ -}}
+{{- $key := printf "lvm:%s" (toString .path) -}}
+{{- if hasKey $names $key -}}
+{{- fail (printf "pool %q: %s is already pool %q; one VG or thin pool is one pool" .name $key (get $names $key)) -}}
+{{- end -}}
+{{- $_ := set $names $key .name -}}
 {{- else if not (isAbs (toString .path)) -}}
 {{- fail (printf "pool %q: path %q must be absolute" .name (toString .path)) -}}
 {{- end -}}
