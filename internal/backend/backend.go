@@ -94,13 +94,6 @@ type Snapshotter interface {
 	DeleteSnapshot(ctx context.Context, snapID string, commit func() error) error
 }
 
-// SnapshotDeleter is the DeleteSnapshot half of Snapshotter. Nothing
-// type-asserts it any more; it remains only for lvmpool's compile-time
-// assertion until that package names Snapshotter alone.
-type SnapshotDeleter interface {
-	DeleteSnapshot(ctx context.Context, snapID string, commit func() error) error
-}
-
 // BlockCapable is implemented by pools that can serve raw block volumes
 // (AccessBlock). A pool without it refuses them with ErrInvalidArgument.
 type BlockCapable interface {

@@ -88,12 +88,11 @@ type Pool struct {
 type ThinPool struct{ *Pool }
 
 var (
-	_ backend.Backend         = (*Pool)(nil)
-	_ backend.Expander        = (*Pool)(nil)
-	_ backend.Backend         = (*ThinPool)(nil)
-	_ backend.Snapshotter     = (*ThinPool)(nil)
-	_ backend.SnapshotDeleter = (*ThinPool)(nil)
-	_ backend.ContentCreator  = (*ThinPool)(nil)
+	_ backend.Backend        = (*Pool)(nil)
+	_ backend.Expander       = (*Pool)(nil)
+	_ backend.Backend        = (*ThinPool)(nil)
+	_ backend.Snapshotter    = (*ThinPool)(nil)
+	_ backend.ContentCreator = (*ThinPool)(nil)
 )
 
 var _ backend.BlockCapable = (*Pool)(nil)
@@ -870,7 +869,7 @@ func createdAt(lv LV) time.Time {
 	return time.Unix(n, 0)
 }
 
-// DeleteSnapshot implements backend.SnapshotDeleter. Volumes restored
+// DeleteSnapshot implements backend.Snapshotter. Volumes restored
 // from it are thin LVs of their own and are not affected.
 func (p *ThinPool) DeleteSnapshot(ctx context.Context, snapID string, commit func() error) error {
 	return p.delete(ctx, snapID, kindSnapshot, commit)
