@@ -17,6 +17,7 @@ import (
 
 	"github.com/cairn-csi/cairn/internal/backend"
 	"github.com/cairn-csi/cairn/internal/errdefs"
+	"github.com/cairn-csi/cairn/internal/luks"
 	"github.com/cairn-csi/cairn/internal/mkfsopts"
 	"github.com/cairn-csi/cairn/internal/mountfd"
 	"github.com/cairn-csi/cairn/internal/store"
@@ -712,9 +713,15 @@ func (d *Driver) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (
 	if err != nil {
 		return nil, toStatus(fmt.Errorf("pool %s: %w", name, err))
 	}
+	maxVol := c.MaxVolumeBytes
+	if e, ok := pool.(backend.Encrypter); ok && params.encrypt && e.EncryptionMechanism() == "luks2" {
+		// An encrypted volume's image or LV holds the LUKS2 header beside
+		// the capacity asked for: the largest volume that fits is smaller.
+		maxVol = max(0, maxVol-luks.HeaderBytes)
+	}
 	return &csi.GetCapacityResponse{
 		AvailableCapacity: c.AvailableBytes,
-		MaximumVolumeSize: wrapperspb.Int64(c.MaxVolumeBytes),
+		MaximumVolumeSize: wrapperspb.Int64(maxVol),
 	}, nil
 }
 
