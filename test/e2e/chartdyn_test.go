@@ -50,7 +50,7 @@ func TestChartDynamic(t *testing.T) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		if _, err := d.k(ctx, nil, "delete", "namespace", d.ns, "--wait=true", "--timeout=4m"); err != nil {
+		if _, err := d.kWait(ctx, 4*time.Minute, "delete", "namespace", d.ns, "--wait=true"); err != nil {
 			t.Logf("cleanup: %v", err)
 		}
 	})
@@ -113,6 +113,16 @@ func (d *dyn) k(ctx context.Context, stdin []byte, args ...string) (string, erro
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	return d.c.kubectlRun(ctx, stdin, args...)
+}
+
+// kWait runs a kubectl command that waits (delete --wait, rollout status)
+// with --timeout=wait, under a context a little longer than that: under
+// k's two minutes, kubectl was killed before its own timeout and said
+// only "signal: killed".
+func (d *dyn) kWait(ctx context.Context, wait time.Duration, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, wait+30*time.Second)
+	defer cancel()
+	return d.c.kubectlRun(ctx, nil, append(args, "--timeout="+wait.String())...)
 }
 
 func (d *dyn) apply(ctx context.Context, t *testing.T, manifest string) {
@@ -434,7 +444,7 @@ func (d *dyn) deleteAll(ctx context.Context, t *testing.T, prefix string) {
 		if len(these) == 0 {
 			continue
 		}
-		if _, err := d.k(ctx, nil, append([]string{"delete", "-n", d.ns, "--wait=true", "--timeout=3m"}, these...)...); err != nil {
+		if _, err := d.kWait(ctx, 3*time.Minute, append([]string{"delete", "-n", d.ns, "--wait=true"}, these...)...); err != nil {
 			t.Error(err)
 		}
 	}
@@ -478,7 +488,7 @@ func (d *dyn) testKillMidProvisioning(ctx context.Context, t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Logf("attempt %d: killed cairn's node pod while the claim was %s (selected node %q): %s", attempt, ph, sel, strings.TrimSpace(out))
-		if _, err := d.k(ctx, nil, "rollout", "status", "-n", dynNamespace, "daemonset/cairn-node", "--timeout=4m"); err != nil {
+		if _, err := d.kWait(ctx, 4*time.Minute, "rollout", "status", "-n", dynNamespace, "daemonset/cairn-node"); err != nil {
 			t.Fatal(err)
 		}
 		if ph != "Bound" {
@@ -594,6 +604,15 @@ func (d *dyn) diagnostics() string {
 	} {
 		out, err := d.k(ctx, nil, args...)
 		fmt.Fprintf(&b, "--- kubectl %s\n%s", strings.Join(args, " "), tail(out, 80))
+		if err != nil {
+			fmt.Fprintf(&b, "%v\n", err)
+		}
+	}
+	// what cairn's identity checks see: staged and published mounts, and
+	// the loop devices' backing files as the kernel reports them
+	for _, args := range [][]string{{"findmnt", "-R", "/var/lib/kubelet", "-o", "TARGET,SOURCE,FSTYPE"}, {"losetup", "-l"}} {
+		out, err := d.nodeExec(ctx, args...)
+		fmt.Fprintf(&b, "--- node-exec.sh %s\n%s", strings.Join(args, " "), tail(out, 60))
 		if err != nil {
 			fmt.Fprintf(&b, "%v\n", err)
 		}
