@@ -197,6 +197,8 @@ func (kernelLoops) Refresh(ctx context.Context, dev string) error {
 	return loopdev.SetCapacity(ctx, dev)
 }
 
+func (kernelLoops) BackingID(dev string) (uint64, uint64, bool) { return loopdev.BackingID(dev) }
+
 func (kernelLoops) List(ctx context.Context) (map[string]string, error) {
 	devs, err := loopdev.List(ctx)
 	out := map[string]string{}

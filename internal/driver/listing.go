@@ -2,6 +2,8 @@ package driver
 
 import (
 	"context"
+	"errors"
+	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
@@ -119,15 +121,32 @@ func (lv *listView) readLoops(ctx context.Context) map[mounttable.DevIno][]uint6
 		lv.d.log.Warn("listing loop devices for a listing", "err", err)
 		return out
 	}
+	ids, _ := lv.d.cfg.Loop.(LoopBackingIDs)
 	for dev, file := range devs {
 		var fst, dst unix.Stat_t
-		if unix.Stat(file, &fst) != nil || unix.Stat(dev, &dst) != nil {
-			continue // unlinked (" (deleted)") or gone since
+		if unix.Stat(dev, &dst) != nil || strings.HasSuffix(file, " (deleted)") {
+			continue // gone since, or unlinked
 		}
-		k := mounttable.DevIno{Dev: fst.Dev, Ino: fst.Ino}
+		var k mounttable.DevIno
+		if err := unix.Stat(file, &fst); err == nil {
+			k = mounttable.DevIno{Dev: fst.Dev, Ino: fst.Ino}
+		} else if fsDev, ino, ok := backingIDOf(ids, dev, err); ok {
+			k = mounttable.DevIno{Dev: fsDev, Ino: ino}
+		} else {
+			continue
+		}
 		out[k] = append(out[k], dst.Rdev)
 	}
 	return out
+}
+
+// backingIDOf asks the device for its file when its reported path names
+// nothing here (statErr), as loopdev.FindByBackingFile does.
+func backingIDOf(ids LoopBackingIDs, dev string, statErr error) (uint64, uint64, bool) {
+	if ids == nil || (!errors.Is(statErr, unix.ENOENT) && !errors.Is(statErr, unix.ENOTDIR)) {
+		return 0, 0, false
+	}
+	return ids.BackingID(dev)
 }
 
 // fits reports whether one more entry of n bytes keeps a reply of used

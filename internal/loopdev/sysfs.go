@@ -105,7 +105,7 @@ func FindByBackingFile(ctx context.Context, path string) ([]Device, error) {
 				continue
 			}
 			// Attached through a mount this namespace does not have.
-			if dev, ino, ok := backingID(d.Path); ok && dev == uint64(st.Dev) && ino == uint64(st.Ino) {
+			if dev, ino, ok := BackingID(d.Path); ok && dev == uint64(st.Dev) && ino == uint64(st.Ino) {
 				found = append(found, d)
 			}
 			continue
@@ -117,11 +117,12 @@ func FindByBackingFile(ctx context.Context, path string) ([]Device, error) {
 	return found, nil
 }
 
-// backingID asks loop device devPath for the device and inode of its
-// backing file. ok is false when it cannot say (detached meanwhile, or not
-// a loop device). It opens the device: FindByBackingFile calls it only for
-// devices it cannot match otherwise.
-func backingID(devPath string) (dev, ino uint64, ok bool) {
+// BackingID asks loop device devPath for the device and inode of its
+// backing file, for a device whose reported path names nothing here (see
+// FindByBackingFile). ok is false when it cannot say (detached meanwhile,
+// or not a loop device). It opens the device, so callers use it only for
+// devices they cannot match otherwise.
+func BackingID(devPath string) (dev, ino uint64, ok bool) {
 	fd, _, err := openLoop(devPath)
 	if err != nil {
 		return 0, 0, false

@@ -86,6 +86,16 @@ func TestRestartInNewMountNamespace(t *testing.T) {
 	// the new cairn sees the pool at its real path
 	poolArg(e.pool)
 	restart()
+	// ListVolumes sees the volume published on this node
+	lv, err := e.ctl.ListVolumes(e.ctx(), &csi.ListVolumesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, en := range lv.GetEntries() {
+		if en.GetVolume().GetVolumeId() == v.GetVolumeId() && len(en.GetStatus().GetPublishedNodeIds()) == 0 {
+			t.Errorf("ListVolumes: %s is published here but lists no published node", v.GetVolumeId())
+		}
+	}
 	e.unpublish(v)
 	if _, err := os.Lstat(v.target); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("after NodeUnpublishVolume the target %s is still there (%v): the mount was taken for someone else's", v.target, err)
