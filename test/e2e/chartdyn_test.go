@@ -476,7 +476,20 @@ func (d *dyn) deleteAll(ctx context.Context, t *testing.T, prefix string) {
 // the claim is still Pending, and checks that the claim binds and the pod
 // runs once the DaemonSet has a new pod. If the claim was already bound at
 // the kill, it tries again with a new claim (up to three times).
+//
+// Before the kill, a claim "crash-0" is staged and published by the pod
+// about to be killed, for a running pod: the new pod must publish it for a
+// second pod, and both must be deletable at the end. Images attached by
+// the killed container report their path from its bind mount, which the
+// new container does not have; cairn once took such volumes' mounts for
+// someone else's, and their pods stayed Terminating.
 func (d *dyn) testKillMidProvisioning(ctx context.Context, t *testing.T) {
+	d.apply(ctx, t, pvcYAML("crash-0", "cairn-images", "64Mi", "Filesystem", "")+"---\n"+d.podYAML("crash-0", "crash-0", false))
+	d.waitPod(ctx, t, "crash-0", 4*time.Minute)
+	d.recordPV(ctx, t, "crash-0")
+	if _, err := d.exec(ctx, "crash-0", "echo staged-before > /data/f && sync"); err != nil {
+		t.Fatal(err)
+	}
 	var name string
 	for attempt := 1; ; attempt++ {
 		name = fmt.Sprintf("crash-%d", attempt)
@@ -503,6 +516,13 @@ func (d *dyn) testKillMidProvisioning(ctx context.Context, t *testing.T) {
 	if got, err := d.exec(ctx, name, "echo ok > /data/f && cat /data/f"); err != nil || strings.TrimSpace(got) != "ok" {
 		t.Errorf("write after the crash: %q (%v)", got, err)
 	}
+	// the claim the killed pod staged: published again by the new one
+	d.apply(ctx, t, d.podYAML("crash-0-again", "crash-0", false))
+	d.waitPod(ctx, t, "crash-0-again", 3*time.Minute)
+	if got, err := d.exec(ctx, "crash-0-again", "cat /data/f"); err != nil || strings.TrimSpace(got) != "staged-before" {
+		t.Errorf("the claim staged before the kill reads %q (%v) in a new pod, want staged-before", got, err)
+	}
+	// and every pod goes: NodeUnpublish and NodeUnstage by the new pod
 	d.deleteAll(ctx, t, "crash")
 }
 
