@@ -213,6 +213,8 @@ func (kernelLoops) Refresh(ctx context.Context, dev string) error {
 	return loopdev.SetCapacity(ctx, dev)
 }
 
+func (kernelLoops) BackingID(dev string) (uint64, uint64, bool) { return loopdev.BackingID(dev) }
+
 func (kernelLoops) List(ctx context.Context) ([]loopdev.Device, error) {
 	return loopdev.List(ctx)
 }

@@ -2,6 +2,7 @@ package driver
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -166,18 +167,32 @@ func (lv *listView) readLoops(ctx context.Context) map[mounttable.DevIno][]uint6
 		lv.d.log.Warn("listing loop devices for a listing", "err", err)
 		return out
 	}
+	ids, _ := lv.d.cfg.Loop.(LoopBackingIDs)
 	for _, dev := range devs {
-		if dev.Deleted {
+		var fst, dst unix.Stat_t
+		if dev.Deleted || unix.Stat(dev.Path, &dst) != nil {
+			continue // unlinked, or gone since
+		}
+		var k mounttable.DevIno
+		if err := unix.Stat(dev.BackingFile, &fst); err == nil {
+			k = mounttable.DevIno{Dev: fst.Dev, Ino: fst.Ino}
+		} else if fsDev, ino, ok := backingIDOf(ids, dev.Path, err); ok {
+			k = mounttable.DevIno{Dev: fsDev, Ino: ino}
+		} else {
 			continue
 		}
-		var fst, dst unix.Stat_t
-		if unix.Stat(dev.BackingFile, &fst) != nil || unix.Stat(dev.Path, &dst) != nil {
-			continue // gone since
-		}
-		k := mounttable.DevIno{Dev: fst.Dev, Ino: fst.Ino}
 		out[k] = append(out[k], dst.Rdev)
 	}
 	return out
+}
+
+// backingIDOf asks the device for its file when its reported path names
+// nothing here (statErr), as loopdev.FindByBackingFile does.
+func backingIDOf(ids LoopBackingIDs, dev string, statErr error) (uint64, uint64, bool) {
+	if ids == nil || (!errors.Is(statErr, unix.ENOENT) && !errors.Is(statErr, unix.ENOTDIR)) {
+		return 0, 0, false
+	}
+	return ids.BackingID(dev)
 }
 
 // fits reports whether one more entry of n bytes keeps a reply of used

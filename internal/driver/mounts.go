@@ -35,6 +35,14 @@ type LoopDevices interface {
 	List(ctx context.Context) ([]loopdev.Device, error)
 }
 
+// LoopBackingIDs is what LoopDevices may also do: say which file (device
+// and inode) a loop device holds, for a device whose reported path names
+// nothing in this mount namespace (attached by a process in another one,
+// such as the container of a node plugin that was replaced).
+type LoopBackingIDs interface {
+	BackingID(dev string) (fsDev, ino uint64, ok bool)
+}
+
 // maxStackedMounts bounds how many layers unmount peels off one path: a
 // path mounted over and over by a buggy caller is cleaned, never looped on.
 const maxStackedMounts = 64

@@ -530,3 +530,55 @@ func TestAttachBlockSize(t *testing.T) {
 		}
 	})
 }
+
+// TestFindAttachedElsewhere: a device attached through a mount that this
+// mount namespace does not have (a container's bind mount, gone with the
+// container) reports its backing file relative to that mount's root, a
+// path that leads nowhere here. FindByBackingFile must still find it by
+// the file's identity: a CSI node plugin restarted in a new container
+// otherwise takes its staged volumes' devices for someone else's, and
+// neither unpublishes nor unstages them (TestChartDynamic, cairn's node
+// pod killed under running pods).
+func TestFindAttachedElsewhere(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	file := sparseFile(t, 16<<20)
+	bind := t.TempDir()
+	if err := unix.Mount(filepath.Dir(file), bind, "", unix.MS_BIND, ""); err != nil {
+		t.Skipf("cannot bind mount (%v): the case needs a mount to attach through", err)
+	}
+	mounted := true
+	t.Cleanup(func() {
+		if mounted {
+			unix.Unmount(bind, unix.MNT_DETACH)
+		}
+	})
+	d := attach(t, filepath.Join(bind, filepath.Base(file)), Options{})
+	// the container's mount namespace goes: its mount is detached
+	if err := unix.Unmount(bind, unix.MNT_DETACH); err != nil {
+		t.Fatal(err)
+	}
+	mounted = false
+	reported, _ := sysfsBacking(t, d.Number)
+	if reported == file {
+		t.Fatalf("sysfs reports %s, the real path: the case is not reproduced", reported)
+	}
+	if _, err := os.Stat(reported); err == nil {
+		t.Fatalf("sysfs reports %s, which exists here: the case is not reproduced", reported)
+	}
+	t.Logf("attached through a detached bind mount: sysfs reports %q for %s", reported, file)
+
+	found, err := FindByBackingFile(ctx, file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(found) != 1 || found[0].Path != d.Path {
+		t.Fatalf("FindByBackingFile(%s) = %+v; want %s", file, found, d.Path)
+	}
+
+	// another file is not matched by that device
+	other := sparseFile(t, 1<<20)
+	if found, err := FindByBackingFile(ctx, other); err != nil || len(found) != 0 {
+		t.Errorf("FindByBackingFile(%s) = %+v, %v; want none", other, found, err)
+	}
+}

@@ -59,9 +59,14 @@ func List(ctx context.Context) ([]Device, error) {
 // While path exists, a device matches when the file the kernel reports for
 // it (sysfs backing_file, which follows renames) is the same inode as path,
 // which sees through symlinks and bind mounts; a device whose backing file
-// was unlinked never matches a file that exists. Once path is gone, devices
-// match by the path string, which is how devices left on a deleted image
-// are found (Deleted is set).
+// was unlinked never matches a file that exists. The kernel prints that
+// path from the root of the attaching process: a device attached in another
+// mount namespace (a container, perhaps gone since) reports a path relative
+// to the mount it was opened through, which does not lead to the file here.
+// Only for such a device, whose reported path names nothing, is the device
+// itself asked for its backing file's device and inode (LOOP_GET_STATUS64).
+// Once path is gone, devices match by the path string, which is how devices
+// left on a deleted image are found (Deleted is set).
 func FindByBackingFile(ctx context.Context, path string) ([]Device, error) {
 	want, err := filepath.Abs(path)
 	if err != nil {
@@ -92,7 +97,15 @@ func FindByBackingFile(ctx context.Context, path string) ([]Device, error) {
 				continue
 			}
 			var bst unix.Stat_t
-			if unix.Stat(d.BackingFile, &bst) == nil && bst.Dev == st.Dev && bst.Ino == st.Ino {
+			err := unix.Stat(d.BackingFile, &bst)
+			if err == nil && bst.Dev == st.Dev && bst.Ino == st.Ino {
+				found = append(found, d)
+			}
+			if !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENOTDIR) {
+				continue
+			}
+			// Attached through a mount this namespace does not have.
+			if dev, ino, ok := BackingID(d.Path); ok && dev == uint64(st.Dev) && ino == uint64(st.Ino) {
 				found = append(found, d)
 			}
 			continue
@@ -102,6 +115,24 @@ func FindByBackingFile(ctx context.Context, path string) ([]Device, error) {
 		}
 	}
 	return found, nil
+}
+
+// BackingID asks loop device devPath for the device and inode of its
+// backing file, for a device whose reported path names nothing here (see
+// FindByBackingFile). ok is false when it cannot say (detached meanwhile,
+// or not a loop device). It opens the device, so callers use it only for
+// devices they cannot match otherwise.
+func BackingID(devPath string) (dev, ino uint64, ok bool) {
+	fd, _, err := openLoop(devPath)
+	if err != nil {
+		return 0, 0, false
+	}
+	defer unix.Close(fd)
+	info, err := unix.IoctlLoopGetStatus64(fd)
+	if err != nil {
+		return 0, 0, false
+	}
+	return info.Device, info.Inode, true
 }
 
 // readDevice reads loopN's state from sysfs; ok is false when it has no

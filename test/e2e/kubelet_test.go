@@ -71,40 +71,51 @@ type suite struct {
 	podUIDs  map[string]string // pod name -> UID, of every pod created
 	inline   []inlineVol
 	madeCSID bool
-	btrfsImg string // the btrfs pool's filesystem image, if any
-	btrfsMnt string // where it is mounted in the node namespace
+	poolFSs  []poolFS // filesystems made for pools (btrfs, ext4 with encrypt)
+	crypt    *cryptSetup
 }
 
-var errNoBtrfs = errors.New("mkfs.btrfs or the btrfs filesystem is not available")
+// poolFS is a filesystem in an image file in the data directory, loop
+// mounted in the node namespace for a pool.
+type poolFS struct{ img, mnt string }
 
-// makeBtrfs makes a btrfs filesystem in an image file in the data
-// directory and mounts it inside the node namespace (only there: cairn
-// and kubelet see it, the host does not), for a btrfs pool.
-func (s *suite) makeBtrfs(ctx context.Context) error {
-	mkfs, err := exec.LookPath("mkfs.btrfs")
+var errNoFS = errors.New("the mkfs tool or the filesystem is not available")
+
+// makePoolFS makes a filesystem of type fsType (mkfs.<fsType> with args)
+// in an image file in the data directory and mounts it inside the node
+// namespace (only there: cairn and kubelet see it, the host does not).
+// It returns the mount point; errNoFS when this machine cannot.
+func (s *suite) makePoolFS(ctx context.Context, name, fsType string, size int64, args ...string) (string, error) {
+	mkfs, err := exec.LookPath("mkfs." + fsType)
 	if err != nil {
-		return fmt.Errorf("%w: %v", errNoBtrfs, err)
+		return "", fmt.Errorf("%w: %v", errNoFS, err)
 	}
-	if fss, err := os.ReadFile("/proc/filesystems"); err != nil || !strings.Contains(string(fss), "\tbtrfs\n") {
-		return fmt.Errorf("%w: not in /proc/filesystems", errNoBtrfs)
+	if fss, err := os.ReadFile("/proc/filesystems"); err != nil || !strings.Contains(string(fss), "\t"+fsType+"\n") {
+		return "", fmt.Errorf("%w: %s is not in /proc/filesystems", errNoFS, fsType)
 	}
-	img := filepath.Join(s.dataDir, "btrfs.img")
+	img := filepath.Join(s.dataDir, name+".img")
 	if err := os.WriteFile(img, nil, 0o600); err != nil {
-		return err
+		return "", err
 	}
-	if err := os.Truncate(img, 512<<20); err != nil {
-		return err
+	if err := os.Truncate(img, size); err != nil {
+		return "", err
 	}
-	if _, err := runCmd(ctx, nil, nil, mkfs, "-q", img); err != nil {
-		return err
+	if _, err := runCmd(ctx, nil, nil, mkfs, append(append([]string{"-q"}, args...), img)...); err != nil {
+		return "", err
 	}
-	mnt := filepath.Join(s.dataDir, "btrfs")
+	mnt := filepath.Join(s.dataDir, name)
 	if err := os.Mkdir(mnt, 0o700); err != nil {
-		return err
+		return "", err
 	}
-	s.btrfsImg, s.btrfsMnt = img, mnt // from here on the cleanup unmounts it
+	s.poolFSs = append(s.poolFSs, poolFS{img: img, mnt: mnt}) // from here on the cleanup unmounts it
 	_, err = s.nodeExec(ctx, "mount", "-o", "loop", img, mnt)
-	return err
+	return mnt, err
+}
+
+// isPoolFS reports whether a mount point or a loop device's backing file
+// is one of the pools' own filesystems, which are not leaks.
+func (s *suite) isPoolFS(path string) bool {
+	return slices.ContainsFunc(s.poolFSs, func(p poolFS) bool { return p.img == path || p.mnt == path })
 }
 
 // inlineVol is a CSI ephemeral inline volume of the inline pod.
@@ -178,16 +189,24 @@ func TestCairnOnKubelet(t *testing.T) {
 		t.Logf("this cairn has no image pool type: no image or raw block volumes in this run")
 	}
 	if slices.Contains(s.pools, "btrfs") {
-		switch err := s.makeBtrfs(ctx); {
-		case errors.Is(err, errNoBtrfs):
+		switch mnt, err := s.makePoolFS(ctx, "btrfs", "btrfs", 512<<20); {
+		case errors.Is(err, errNoFS):
 			t.Logf("no btrfs pool in this run: %v", err)
 		case err != nil:
 			t.Fatalf("btrfs pool: %v", err)
 		default:
-			poolFlags = append(poolFlags, "btrfs=btrfs:"+filepath.Join(s.btrfsMnt, "pool"))
+			poolFlags = append(poolFlags, "btrfs=btrfs:"+filepath.Join(mnt, "pool"))
 			kinds = append(kinds, volKind{name: "btrfs", pool: "btrfs"})
 			s.inline = append(s.inline, inlineVol{name: "scratch-btrfs", pool: "btrfs"})
 		}
+	}
+	// the encrypted pool, for the encryption step (fscrypt; no dm-crypt here)
+	if flag, err := s.makeCryptPool(ctx); err != nil {
+		t.Fatalf("encrypted pool: %v", err)
+	} else if flag != "" {
+		poolFlags = append(poolFlags, flag)
+	} else {
+		t.Logf("no encrypted pool in this run: %s", s.crypt.skipped)
 	}
 	if s.cairn, err = newNodeCairn(filepath.Join(local, "node-exec.sh"), bin, s.node, s.dataDir, poolFlags); err != nil {
 		t.Fatal(err)
@@ -204,6 +223,7 @@ func TestCairnOnKubelet(t *testing.T) {
 		{"ephemeral-create", s.testEphemeralCreate},
 		{"cairn-restart", s.testCairnRestart},
 		{"ephemeral-delete", s.testEphemeralDelete},
+		{"encryption", s.testEncryption},
 		{"teardown", s.testTeardown},
 	}
 	for _, st := range steps {
@@ -966,7 +986,7 @@ func (s *suite) leftovers(ctx context.Context) ([]string, error) {
 		return nil, err
 	}
 	for _, l := range strings.Split(mounts, "\n") {
-		if l == "" || (s.btrfsMnt != "" && strings.Fields(l)[0] == s.btrfsMnt) { // the pool itself
+		if l == "" || s.isPoolFS(strings.Fields(l)[0]) { // a pool itself
 			continue
 		}
 		if match(l) {
@@ -980,7 +1000,7 @@ func (s *suite) leftovers(ctx context.Context) ([]string, error) {
 		if err != nil {
 			continue
 		}
-		if back := strings.TrimSpace(string(b)); match(back) && (s.btrfsImg == "" || back != s.btrfsImg) {
+		if back := strings.TrimSpace(string(b)); match(back) && !s.isPoolFS(back) {
 			left = append(left, "loop device: "+strings.Split(f, "/")[3]+" -> "+back)
 		}
 	}
@@ -1108,17 +1128,17 @@ func (s *suite) cleanup(t *testing.T) {
 	}
 	logErr("delete namespace", s.c.core.Namespaces().Delete(ctx, s.ns, metav1.DeleteOptions{}))
 
-	if s.btrfsMnt != "" {
-		if _, err := s.nodeExec(ctx, "umount", s.btrfsMnt); err != nil {
-			logErr("unmount the btrfs pool", err)
-			_, err = s.nodeExec(ctx, "umount", "-l", s.btrfsMnt)
-			logErr("unmount -l the btrfs pool", err)
+	for _, p := range s.poolFSs {
+		if _, err := s.nodeExec(ctx, "umount", p.mnt); err != nil {
+			logErr("unmount the pool filesystem "+p.mnt, err)
+			_, err = s.nodeExec(ctx, "umount", "-l", p.mnt)
+			logErr("unmount -l the pool filesystem "+p.mnt, err)
 		}
 		files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
 		for _, f := range files { // mount -o loop detaches on unmount; make sure
-			if b, err := os.ReadFile(f); err == nil && strings.TrimSpace(string(b)) == s.btrfsImg {
+			if b, err := os.ReadFile(f); err == nil && strings.TrimSpace(string(b)) == p.img {
 				_, err := runCmd(ctx, nil, nil, "losetup", "-d", "/dev/"+strings.Split(f, "/")[3])
-				logErr("detach the btrfs pool's loop device", err)
+				logErr("detach the loop device of "+p.img, err)
 			}
 		}
 	}

@@ -135,6 +135,22 @@ func TestEncryptedDirVolumes(t *testing.T) {
 		t.Fatalf("key still loaded after unstage: %v %v", present, err)
 	}
 
+	// Locked at once, not when the kernel gets round to evicting it: the
+	// volume's directory lists encoded names, not the marker's (the key was
+	// once removed through the volume's own directory, which kept it in use
+	// and so unlocked, as TestCairnOnKubelet's encryption step showed).
+	ents, err := os.ReadDir(filepath.Join(e.dirPool, "volumes", id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ents) != 1 || ents[0].Name() == markerName {
+		var names []string
+		for _, en := range ents {
+			names = append(names, en.Name())
+		}
+		t.Errorf("the unstaged volume's directory lists %v: want one encoded name, not %s", names, markerName)
+	}
+
 	// At rest: no name and no byte of the marker, in the tree or in the raw
 	// image of the pool's filesystem.
 	unix.Sync()
