@@ -21,6 +21,7 @@ import (
 	"github.com/cairn-csi/cairn/internal/fscrypt"
 	"github.com/cairn-csi/cairn/internal/fsfreeze"
 	"github.com/cairn-csi/cairn/internal/loopdev"
+	"github.com/cairn-csi/cairn/internal/luks"
 )
 
 // entryPattern is what may sit in a pool's volumes/ or snapshots/
@@ -181,6 +182,7 @@ func (h *harness) check(pending []*op) {
 
 	h.checkMounts(vols, uncertain)
 	h.checkLoops(vols, uncertain)
+	h.checkMappings(vols, uncertain)
 }
 
 // checkMounts: every mount under the harness's directories is of a volume
@@ -245,8 +247,8 @@ func (h *harness) checkMounts(vols map[string]bool, uncertain map[any]bool) {
 // unlock and mount, or during a copy) that start-up reconcile must clean,
 // so that holds for volumes whose last operation was interrupted too.
 func (h *harness) checkKey(v *volume, mounted, uncertain bool) {
-	if !h.tg.encrypted || v.id == "" {
-		return
+	if !h.tg.encrypted || v.id == "" || h.tg.poolType != "dir" {
+		return // LUKS: checkMappings
 	}
 	dir := filepath.Join(h.poolRoot, "volumes", v.id)
 	kid, encrypted, err := fscrypt.Policy(dir)
@@ -266,6 +268,63 @@ func (h *harness) checkKey(v *volume, mounted, uncertain bool) {
 	case !present && v.staged && !uncertain:
 		h.fatalf("volume %s (%s) is staged but its key is not loaded", v.name, v.id)
 	}
+}
+
+// checkMappings: the LUKS mapping of a volume (cairn-<ID>, the volume's
+// key in the kernel) is open exactly while the volume is staged. A mapping
+// on one of the pool's images with nothing mounting it is a leak (a crash
+// between open and mount, or between unmount and close) that start-up
+// reconcile must close, so that holds for volumes whose last operation was
+// interrupted too: reconcile has run before the first call is answered.
+// Every volume here is staged with a mount (no block access).
+func (h *harness) checkMappings(vols map[string]bool, uncertain map[any]bool) {
+	maps := h.ourMappings()
+	if len(maps) == 0 && !(h.tg.encrypted && h.tg.poolType == "image") {
+		return
+	}
+	mounts := h.ourMounts()
+	for id, backing := range maps {
+		switch {
+		case strings.HasSuffix(backing, " (deleted)"):
+			h.fatalf("mapping %s is open on the deleted image %s", luks.MappingName(id), backing)
+		case !vols[id]:
+			h.fatalf("mapping %s is open, but volume %s is not in the store", luks.MappingName(id), id)
+		case mounts[h.stagingPath(id)] == 0:
+			h.fatalf("mapping %s is open (the volume's key is in the kernel), but nothing stages volume %s", luks.MappingName(id), id)
+		}
+	}
+	for _, v := range h.m.vols {
+		if v.state == alive && v.staged && !uncertain[v] && maps[v.id] == "" {
+			h.fatalf("volume %s (%s) is staged, but its mapping %s is not open", v.name, v.id, luks.MappingName(v.id))
+		}
+	}
+}
+
+// ourMappings maps the ID of every open cairn-<ID> device-mapper mapping
+// that sits on a loop device of one of the pool's images to that image,
+// as sysfs reports it (with " (deleted)" when it was unlinked). Mappings
+// of other pools are not ours to judge.
+func (h *harness) ourMappings() map[string]string {
+	out := map[string]string{}
+	entries, _ := os.ReadDir("/dev/mapper")
+	for _, e := range entries {
+		id, ok := strings.CutPrefix(e.Name(), "cairn-")
+		if !ok {
+			continue
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(filepath.Join("/dev/mapper", e.Name()), &st); err != nil {
+			continue // closed meanwhile
+		}
+		slaves, _ := os.ReadDir(fmt.Sprintf("/sys/dev/block/%d:%d/slaves", unix.Major(st.Rdev), unix.Minor(st.Rdev)))
+		for _, sl := range slaves {
+			b, err := os.ReadFile(filepath.Join("/sys/block", sl.Name(), "loop", "backing_file"))
+			if backing := strings.TrimSuffix(string(b), "\n"); err == nil && strings.HasPrefix(backing, h.poolRoot+"/") {
+				out[id] = backing
+			}
+		}
+	}
+	return out
 }
 
 // stagedIsMount: every pool here stages filesystem volumes with a mount.
@@ -356,7 +415,10 @@ func (h *harness) verifyData() {
 		}
 		staging, target := h.stagingPath(v.id), h.targetPath(v.id)
 		steps := []func() error{}
-		if !v.staged {
+		// An encrypted volume that stays staged is staged again, as kubelet
+		// may after a restart: with its secret, it must find its own
+		// mapping or key and mount, not fail or stack a second one.
+		if !v.staged || h.tg.encrypted {
 			steps = append(steps, func() error { return h.stage(ctx, h.c, v.id, staging) })
 		}
 		steps = append(steps,
@@ -390,6 +452,10 @@ func (h *harness) unmountOurs() {
 	// Loop devices on pool images hold the pool's filesystem open.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	// So do the LUKS mappings on them.
+	for id := range h.ourMappings() {
+		luks.Close(ctx, luks.MappingName(id))
+	}
 	for dev, backing := range loopDevices() {
 		if strings.HasPrefix(backing, h.poolRoot+"/") {
 			loopdev.Detach(ctx, dev)
