@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -394,45 +395,78 @@ func loopDevices() map[string]string {
 	return out
 }
 
+// verifyParallel is how many volumes verifyData reads back at once. Every
+// stage and unstage costs the lvm pool several lvm2 commands, about a
+// second each in the VM lane, and the harness would otherwise wait for
+// each in turn after every crash; the driver takes calls on distinct
+// volumes concurrently, as it does from kubelet.
+const verifyParallel = 4
+
 // verifyData reads every volume's data back. A published volume is read
 // through its target (which also proves the mount survived the restart);
 // any other is published, or staged and published, afresh and then put
-// back as it was.
+// back as it was. Volumes are read back verifyParallel at a time.
 func (h *harness) verifyData() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
+	var vols []*volume
 	for _, v := range h.m.vols {
-		if v.state != alive {
-			continue
-		}
-		h.stats.verified++
-		if v.pub {
-			if err := h.readBack(v, h.targetPath(v.id), v.sum); err != nil {
-				h.fatalf("after restart: %v", err)
-			}
-			h.probeWrite(v)
-			continue
-		}
-		staging, target := h.stagingPath(v.id), h.targetPath(v.id)
-		steps := []func() error{}
-		// An encrypted volume that stays staged is staged again, as kubelet
-		// may after a restart: with its secret, it must find its own
-		// mapping or key and mount, not fail or stack a second one.
-		if !v.staged || h.tg.encrypted {
-			steps = append(steps, func() error { return h.stage(ctx, h.c, v.id, staging) })
-		}
-		steps = append(steps,
-			func() error { return h.publish(ctx, h.c, v.id, staging, target) },
-			func() error { return h.readBack(v, target, v.sum) },
-			func() error { return h.unpublish(ctx, h.c, v.id, target) },
-		)
-		if !v.staged {
-			steps = append(steps, func() error { return h.unstage(ctx, h.c, v.id, staging) })
-		}
-		for _, step := range steps {
-			h.eventually(fmt.Sprintf("verify volume %s (%s) after restart", v.name, v.id), step)
+		if v.state == alive {
+			vols = append(vols, v)
+			h.stats.verified++
 		}
 	}
+	errs := make([]error, len(vols))
+	sem := make(chan struct{}, verifyParallel)
+	var wg sync.WaitGroup
+	for i, v := range vols {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			errs[i] = h.verifyVolume(ctx, v)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		h.fatalf("after restart: %v", err)
+	}
+	for _, v := range vols {
+		if v.pub {
+			h.probeWrite(v)
+		}
+	}
+}
+
+// verifyVolume reads one volume's data back for verifyData; it runs on
+// its own goroutine, so it returns its failure.
+func (h *harness) verifyVolume(ctx context.Context, v *volume) error {
+	if v.pub {
+		return h.readBack(v, h.targetPath(v.id), v.sum)
+	}
+	staging, target := h.stagingPath(v.id), h.targetPath(v.id)
+	steps := []func() error{}
+	// An encrypted volume that stays staged is staged again, as kubelet
+	// may after a restart: with its secret, it must find its own
+	// mapping or key and mount, not fail or stack a second one.
+	if !v.staged || h.tg.encrypted {
+		steps = append(steps, func() error { return h.stage(ctx, h.c, v.id, staging) })
+	}
+	steps = append(steps,
+		func() error { return h.publish(ctx, h.c, v.id, staging, target) },
+		func() error { return h.readBack(v, target, v.sum) },
+		func() error { return h.unpublish(ctx, h.c, v.id, target) },
+	)
+	if !v.staged {
+		steps = append(steps, func() error { return h.unstage(ctx, h.c, v.id, staging) })
+	}
+	for _, step := range steps {
+		if err := h.converge(fmt.Sprintf("verify volume %s (%s) after restart", v.name, v.id), step); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // unmountOurs removes every mount under the harness's directory, deepest

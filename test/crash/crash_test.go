@@ -246,8 +246,9 @@ type harness struct {
 	conn     *grpc.ClientConn
 	c        clients
 	caps     capabilities
-	armed    bool     // the running process has a kill point armed
-	env      []string // cairn's environment on every start
+	armed    bool       // the running process has a kill point armed
+	mu       sync.Mutex // guards stats.transient, which verifyData's goroutines count
+	env      []string   // cairn's environment on every start
 	m        model
 	stats    struct {
 		pointDeaths, pointPairs, randomKills, inFlightKills, restarts, opsDone, retried, verified, transient int
@@ -748,25 +749,36 @@ func (h *harness) retry(o *op) {
 // and fails the test when an answer cannot change or fn never succeeds.
 func (h *harness) eventually(what string, fn func() error) {
 	h.t.Helper()
+	if err := h.converge(what, fn); err != nil {
+		h.fatalf("%v", err)
+	}
+}
+
+// converge is eventually for any goroutine: it returns the failure
+// instead of failing the test.
+func (h *harness) converge(what string, fn func() error) error {
 	var err error
 	for attempt := 0; attempt < 100; attempt++ {
 		if err = fn(); err == nil {
-			return
+			return nil
 		}
 		if !retryable(err) {
-			h.fatalf("%s did not converge: %v", what, err)
+			return fmt.Errorf("%s did not converge: %w", what, err)
 		}
 		if status.Code(err) != codes.Unavailable && status.Code(err) != codes.Aborted {
 			h.transient(what, err)
 		}
 		time.Sleep(time.Duration(min(attempt+1, 10)) * 20 * time.Millisecond)
 	}
-	h.fatalf("%s still failing after 100 attempts: %v", what, err)
+	return fmt.Errorf("%s still failing after 100 attempts: %w", what, err)
 }
 
 // transient records an error a retry got past: not a failure (an
-// orchestrator retries), but worth seeing, so each is logged.
+// orchestrator retries), but worth seeing, so each is logged. Safe for
+// concurrent use.
 func (h *harness) transient(what string, err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	h.stats.transient++
 	if h.stats.transient <= 20 {
 		h.t.Logf("transient error, retried: %s: %v", what, err)
