@@ -236,21 +236,22 @@ func TestCrash(t *testing.T) {
 
 // harness drives one target.
 type harness struct {
-	t        *testing.T
-	tg       target
-	seed     int64
-	rng      *rand.Rand
-	root     string // the harness's own directory
-	poolRoot string
-	proc     *testdriver.Process
-	conn     *grpc.ClientConn
-	c        clients
-	caps     capabilities
-	armed    bool       // the running process has a kill point armed
-	mu       sync.Mutex // guards stats.transient, which verifyData's goroutines count
-	env      []string   // cairn's environment on every start
-	m        model
-	stats    struct {
+	t         *testing.T
+	tg        target
+	seed      int64
+	rng       *rand.Rand
+	root      string // the harness's own directory
+	poolRoot  string
+	proc      *testdriver.Process
+	conn      *grpc.ClientConn
+	c         clients
+	caps      capabilities
+	armed     bool       // the running process has a kill point armed (in pointFile)
+	pointFile string     // CAIRN_CRASHPOINT_FILE: the kill points armed
+	mu        sync.Mutex // guards stats.transient, which verifyData's goroutines count
+	env       []string   // cairn's environment on every start
+	m         model
+	stats     struct {
 		pointDeaths, pointPairs, randomKills, inFlightKills, restarts, opsDone, retried, verified, transient int
 	}
 	// spent is where the run's time went, per phase: what to cut when the
@@ -298,10 +299,12 @@ func newHarness(t *testing.T, tg target, seed int64) *harness {
 	}
 	h := &harness{t: t, tg: tg, seed: seed, rng: rand.New(rand.NewSource(seed)), root: root, poolRoot: poolRoot, spent: map[string]time.Duration{}}
 	h.m.h = h
+	h.pointFile = filepath.Join(root, "crashpoint")
+	h.env = []string{"CAIRN_CRASHPOINT_FILE=" + h.pointFile}
 	if tg.encrypted && tg.poolType == "image" {
 		// PBKDF2 with few iterations: Argon2id per open, under emulation,
 		// would take most of the run. The keys are derived, full-entropy.
-		h.env = []string{"CAIRN_LUKS_FAST_KDF=1"}
+		h.env = append(h.env, "CAIRN_LUKS_FAST_KDF=1")
 	}
 	for _, d := range []string{"staging", "target"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o750); err != nil {
@@ -383,12 +386,11 @@ func (h *harness) readCapabilities() capabilities {
 	return c
 }
 
-// restart kills whatever runs and starts cairn again with env.
-func (h *harness) restart(env ...string) {
+// restart kills whatever runs and starts cairn again.
+func (h *harness) restart() {
 	h.t.Helper()
 	defer h.timed("restarts", time.Now())
 	h.proc.Kill()
-	h.proc.Env = append(slices.Clip(h.env), env...)
 	h.proc.Restart(true)
 	h.stats.restarts++
 	h.dial()
@@ -407,6 +409,27 @@ var poolPoints = map[string]func(target) bool{
 	"group:synced": func(tg target) bool { return !tg.lvm },
 }
 
+// arm arms kill point name in the running process, through the file it
+// reads at every kill point (CAIRN_CRASHPOINT_FILE): no restart, which on
+// an lvm pool under emulation costs seconds of start-up reconcile.
+func (h *harness) arm(name string) {
+	if err := os.WriteFile(h.pointFile, []byte(name), 0o600); err != nil {
+		h.t.Fatal(err)
+	}
+	h.armed = true
+}
+
+// disarm disarms the running process (or the next one), if armed.
+func (h *harness) disarm() {
+	if !h.armed {
+		return
+	}
+	if err := os.WriteFile(h.pointFile, nil, 0o600); err != nil {
+		h.t.Fatal(err)
+	}
+	h.armed = false
+}
+
 // killPoints arms each kill point in turn and runs each kind of operation
 // that can reach it; when the process dies there, it restarts clean,
 // checks, retries the interrupted operation, and checks again.
@@ -420,10 +443,7 @@ func (h *harness) killPoints(points []killPoint) {
 		}
 		pointStart := time.Now()
 		for _, kind := range h.kindsFor(kp.name) {
-			if h.armed { // the last operation did not reach the point
-				h.restart()
-				h.armed = false
-			}
+			h.disarm() // the last operation did not reach the point
 			prepStart := time.Now()
 			o := h.prepare(kind)
 			h.timed("setup", prepStart)
@@ -432,8 +452,7 @@ func (h *harness) killPoints(points []killPoint) {
 				continue
 			}
 			h.stats.pointPairs++
-			h.restart("CAIRN_CRASHPOINT=" + kp.name)
-			h.armed = true
+			h.arm(kp.name)
 			logStart := len(h.proc.Log())
 			died := false
 			for attempt := 0; ; attempt++ {
@@ -460,8 +479,8 @@ func (h *harness) killPoints(points []killPoint) {
 			}
 			h.stats.pointDeaths++
 			reached[kp.name] = append(reached[kp.name], kind)
+			h.disarm()
 			h.restart()
-			h.armed = false
 			h.afterCrash([]*op{o})
 		}
 		// A group point is also armed under concurrent creates and
@@ -480,10 +499,7 @@ func (h *harness) killPoints(points []killPoint) {
 		}
 		h.t.Logf("kill point %s: reached by %v, in %v", kp.name, reached[kp.name], time.Since(pointStart).Round(time.Second))
 	}
-	if h.armed {
-		h.restart()
-		h.armed = false
-	}
+	h.disarm()
 }
 
 // groupKill runs up to four creates and deletes at once with kp armed,
@@ -491,10 +507,7 @@ func (h *harness) killPoints(points []killPoint) {
 // Whatever the batch left unfinished is checked and retried as after any
 // crash.
 func (h *harness) groupKill(kp killPoint) bool {
-	if h.armed {
-		h.restart()
-		h.armed = false
-	}
+	h.disarm()
 	for h.m.aliveVolumes() < 2 { // something to delete
 		if !h.mustRun(h.m.pick(h.rng, opCreate, nil)) {
 			break
@@ -525,8 +538,7 @@ func (h *harness) groupKill(kp killPoint) bool {
 		h.t.Logf("kill point %s: no concurrent batch possible here", kp.name)
 		return false
 	}
-	h.restart("CAIRN_CRASHPOINT=" + kp.name)
-	h.armed = true
+	h.arm(kp.name)
 	logStart := len(h.proc.Log())
 	var wg sync.WaitGroup
 	for _, o := range batch {
@@ -553,8 +565,10 @@ func (h *harness) groupKill(kp killPoint) bool {
 			pending = append(pending, o)
 		}
 	}
-	h.restart()
-	h.armed = false
+	h.disarm()
+	if died {
+		h.restart()
+	}
 	h.afterCrash(pending)
 	if died {
 		h.stats.pointDeaths++
@@ -587,10 +601,7 @@ func (h *harness) kindsFor(point string) []opKind {
 // prepare makes the preconditions of an operation of kind (a volume to
 // delete, a snapshot to restore) with the unarmed process, and returns it.
 func (h *harness) prepare(kind opKind) *op {
-	if h.armed { // the last operation did not reach the point
-		h.restart()
-		h.armed = false
-	}
+	h.disarm() // the last operation did not reach the point
 	for range 4 {
 		if o := h.m.pick(h.rng, kind, nil); o != nil {
 			if o.src != nil && !o.src.pub {
