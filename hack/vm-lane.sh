@@ -26,7 +26,8 @@
 #   CAIRN_VM_LANE_JOBS     VMs at a time (default 2)
 #   CAIRN_VM_LANE_ONLY     run only the packages whose name matches this regexp
 #   CAIRN_VM_LANE_KEEP=1   keep the work dir: binaries, each run's test2json output, VM logs
-#   CAIRN_CRASH_KILLS, CAIRN_CRASH_SEED  passed to the crash harness when set
+#   CAIRN_CRASH_KILLS, CAIRN_CRASH_SEED, CAIRN_CRASH_POINT_OPS
+#                          passed to the crash harness when set (test/crash/README.md)
 #   VM_CACHE, VM_MEM, VM_CPUS, VM_ACCEL  passed to run.sh
 #
 # If the VM scripts are absent, or the VM is not set up and this is not
@@ -104,7 +105,7 @@ run_pkg() {
   [ "$left" -gt 30 ] || left=30
   # The crash harness's knobs go through when set (a long run of the
   # device-mapper targets: README, "Longer test runs").
-  local -a pats passenv=(-e CAIRN_VM_LANE -e CAIRN_BINARY -e CAIRN_SRC_ROOT -e CAIRN_VM_TEST_TIMEOUT -e CAIRN_CRASH_KILLS -e CAIRN_CRASH_SEED)
+  local -a pats passenv=(-e CAIRN_VM_LANE -e CAIRN_BINARY -e CAIRN_SRC_ROOT -e CAIRN_VM_TEST_TIMEOUT -e CAIRN_CRASH_KILLS -e CAIRN_CRASH_SEED -e CAIRN_CRASH_POINT_OPS)
   IFS=';' read -r -a pats <<<"$patterns"
   (
     export CAIRN_VM_LANE=1 CAIRN_BINARY="$work/cairn" CAIRN_SRC_ROOT="$work/src"
