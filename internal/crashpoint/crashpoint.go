@@ -6,7 +6,13 @@
 //
 //	CAIRN_CRASHPOINT=create:renamed          die when that step is reached
 //	CAIRN_CRASHPOINT=create:renamed,delete:* several, or a prefix with '*'
+//	CAIRN_CRASHPOINT_FILE=/path              the same list, read from the file at every step
 //	CAIRN_CRASHPOINT_ACTION=pause            stop there instead (the test kills)
+//
+// The file lets a test arm and disarm a running process (write the list,
+// truncate it) instead of restarting it for each point: a restart costs a
+// full start-up reconcile, seconds on an lvm pool under emulation. A
+// missing or empty file arms nothing.
 //
 // The default action is SIGKILL to itself: no deferred function, no flush,
 // exactly like a power cut for the process.
@@ -20,6 +26,7 @@ import (
 
 var (
 	points = parse(os.Getenv("CAIRN_CRASHPOINT"))
+	file   = os.Getenv("CAIRN_CRASHPOINT_FILE")
 	action = os.Getenv("CAIRN_CRASHPOINT_ACTION")
 )
 
@@ -33,13 +40,25 @@ func parse(s string) []string {
 	return out
 }
 
+// armed returns the points armed now.
+func armed() []string {
+	if file == "" {
+		return points
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return points
+	}
+	return append(parse(string(b)), points...)
+}
+
 // Hit marks that the process reached step name. If the step is armed, the
 // process dies (or pauses) here.
 func Hit(name string) {
-	if len(points) == 0 {
+	if len(points) == 0 && file == "" {
 		return
 	}
-	for _, p := range points {
+	for _, p := range armed() {
 		if p == name || (strings.HasSuffix(p, "*") && strings.HasPrefix(name, strings.TrimSuffix(p, "*"))) {
 			os.Stderr.WriteString("crashpoint: reached " + name + "\n")
 			if action == "pause" {

@@ -186,6 +186,7 @@ func (d *Driver) Start(ctx context.Context) error {
 		d.reconcileNode(ctx)
 		if d.store != nil {
 			d.reconcileKeys(ctx)
+			d.reconcileMappings(ctx)
 		}
 	}
 	d.ready.Store(true)

@@ -16,6 +16,7 @@ import (
 	"github.com/cairn-csi/cairn/internal/crashpoint"
 	"github.com/cairn-csi/cairn/internal/errdefs"
 	"github.com/cairn-csi/cairn/internal/luks"
+	"github.com/cairn-csi/cairn/internal/store"
 )
 
 // Encrypted image and block device (LVM) volumes: the image or LV holds a
@@ -84,11 +85,61 @@ func (d *Driver) openLUKS(ctx context.Context, nv nodeVolume, dev string, secret
 	if err != nil {
 		return "", fmt.Errorf("open volume %s: %w", nv.id, err)
 	}
-	// A crash from here leaves the mapping open with nothing mounted, as
-	// a crash leaves the loop device attached: the next stage reuses both,
-	// unstage and DeleteVolume close them.
+	// A crash from here leaves the mapping open with nothing mounted, and
+	// the volume's key in the kernel: start-up reconcile closes it
+	// (reconcileMappings). The loop device stays, as after any crash
+	// before a mount: the next stage reuses it, unstage detaches it.
 	crashpoint.Hit("stage:luks-opened")
 	return mapping, nil
+}
+
+// reconcileMappings closes the LUKS mappings of encrypted image volumes
+// that nothing mounts: left open by a crash between opening and mounting
+// (stage:luks-opened) or between unmounting and closing, each holding the
+// volume's key in the kernel with nothing staged. A volume with block
+// access keeps its mapping: for it, an open mapping is the staged state,
+// which publish bind-mounts. A mounted volume (the driver restarted under
+// a running workload) keeps it too. Mappings of deleted volumes are
+// reconcileLoops' to close.
+func (d *Driver) reconcileMappings(ctx context.Context) {
+	if d.cfg.Loop == nil {
+		return
+	}
+	var vols []store.Volume
+	err := d.store.View(ctx, func(tx *store.Tx) error {
+		all, _, err := tx.Volumes("", 0)
+		for _, v := range all {
+			if v.Encryption == encryptionLUKS && v.AccessType == backend.AccessMount.String() {
+				vols = append(vols, v)
+			}
+		}
+		return err
+	})
+	if err != nil {
+		d.log.Error("reconcile: list encrypted volumes", "err", err)
+		return
+	}
+	for _, v := range vols {
+		if _, err := os.Stat(luks.MappingPath(luks.MappingName(v.ID))); err != nil {
+			continue
+		}
+		pool, ok := d.pools[v.Pool]
+		if !ok {
+			continue
+		}
+		src, err := pool.Source(ctx, v.ID)
+		if err != nil || src.Kind != backend.SourceImageFile {
+			continue
+		}
+		if mps, err := d.mountsOf(ctx, src); err != nil || len(mps) > 0 {
+			continue
+		}
+		if err := closeLUKS(ctx, v.ID); err != nil {
+			d.log.Error("reconcile: cannot close the mapping of an encrypted volume that nothing mounts", "volume", v.ID, "err", err)
+			continue
+		}
+		d.log.Warn("reconcile: closed the mapping of an encrypted volume that nothing mounts (left by a crash)", "volume", v.ID)
+	}
 }
 
 // closeLUKS closes volume id's mapping, if it is open.

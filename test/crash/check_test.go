@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -21,6 +22,7 @@ import (
 	"github.com/cairn-csi/cairn/internal/fscrypt"
 	"github.com/cairn-csi/cairn/internal/fsfreeze"
 	"github.com/cairn-csi/cairn/internal/loopdev"
+	"github.com/cairn-csi/cairn/internal/luks"
 )
 
 // entryPattern is what may sit in a pool's volumes/ or snapshots/
@@ -76,7 +78,8 @@ func (h *harness) listed() (vols, snaps map[string]bool) {
 // anything that is not an ID: a new-*/rm-* leftover or a stray entry.
 func (h *harness) onDisk(dir string) map[string]bool {
 	if h.tg.lvm {
-		return h.onLVM(dir)
+		vols, snaps := h.onLVM()
+		return map[string]map[string]bool{"volumes": vols, "snapshots": snaps}[dir]
 	}
 	ids := map[string]bool{}
 	entries, err := os.ReadDir(filepath.Join(h.poolRoot, dir))
@@ -104,7 +107,12 @@ func (h *harness) check(pending []*op) {
 	vols, snaps := h.listed()
 
 	// Store against disk: exactly the same IDs.
-	diskVols, diskSnaps := h.onDisk("volumes"), h.onDisk("snapshots")
+	var diskVols, diskSnaps map[string]bool
+	if h.tg.lvm { // one lvs for both: each lvm2 command costs about a second in the VM
+		diskVols, diskSnaps = h.onLVM()
+	} else {
+		diskVols, diskSnaps = h.onDisk("volumes"), h.onDisk("snapshots")
+	}
 	for _, cmp := range []struct {
 		what        string
 		store, disk map[string]bool
@@ -181,6 +189,7 @@ func (h *harness) check(pending []*op) {
 
 	h.checkMounts(vols, uncertain)
 	h.checkLoops(vols, uncertain)
+	h.checkMappings(vols, uncertain)
 }
 
 // checkMounts: every mount under the harness's directories is of a volume
@@ -245,8 +254,8 @@ func (h *harness) checkMounts(vols map[string]bool, uncertain map[any]bool) {
 // unlock and mount, or during a copy) that start-up reconcile must clean,
 // so that holds for volumes whose last operation was interrupted too.
 func (h *harness) checkKey(v *volume, mounted, uncertain bool) {
-	if !h.tg.encrypted || v.id == "" {
-		return
+	if !h.tg.encrypted || v.id == "" || h.tg.poolType != "dir" {
+		return // LUKS: checkMappings
 	}
 	dir := filepath.Join(h.poolRoot, "volumes", v.id)
 	kid, encrypted, err := fscrypt.Policy(dir)
@@ -266,6 +275,63 @@ func (h *harness) checkKey(v *volume, mounted, uncertain bool) {
 	case !present && v.staged && !uncertain:
 		h.fatalf("volume %s (%s) is staged but its key is not loaded", v.name, v.id)
 	}
+}
+
+// checkMappings: the LUKS mapping of a volume (cairn-<ID>, the volume's
+// key in the kernel) is open exactly while the volume is staged. A mapping
+// on one of the pool's images with nothing mounting it is a leak (a crash
+// between open and mount, or between unmount and close) that start-up
+// reconcile must close, so that holds for volumes whose last operation was
+// interrupted too: reconcile has run before the first call is answered.
+// Every volume here is staged with a mount (no block access).
+func (h *harness) checkMappings(vols map[string]bool, uncertain map[any]bool) {
+	maps := h.ourMappings()
+	if len(maps) == 0 && !(h.tg.encrypted && h.tg.poolType == "image") {
+		return
+	}
+	mounts := h.ourMounts()
+	for id, backing := range maps {
+		switch {
+		case strings.HasSuffix(backing, " (deleted)"):
+			h.fatalf("mapping %s is open on the deleted image %s", luks.MappingName(id), backing)
+		case !vols[id]:
+			h.fatalf("mapping %s is open, but volume %s is not in the store", luks.MappingName(id), id)
+		case mounts[h.stagingPath(id)] == 0:
+			h.fatalf("mapping %s is open (the volume's key is in the kernel), but nothing stages volume %s", luks.MappingName(id), id)
+		}
+	}
+	for _, v := range h.m.vols {
+		if v.state == alive && v.staged && !uncertain[v] && maps[v.id] == "" {
+			h.fatalf("volume %s (%s) is staged, but its mapping %s is not open", v.name, v.id, luks.MappingName(v.id))
+		}
+	}
+}
+
+// ourMappings maps the ID of every open cairn-<ID> device-mapper mapping
+// that sits on a loop device of one of the pool's images to that image,
+// as sysfs reports it (with " (deleted)" when it was unlinked). Mappings
+// of other pools are not ours to judge.
+func (h *harness) ourMappings() map[string]string {
+	out := map[string]string{}
+	entries, _ := os.ReadDir("/dev/mapper")
+	for _, e := range entries {
+		id, ok := strings.CutPrefix(e.Name(), "cairn-")
+		if !ok {
+			continue
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(filepath.Join("/dev/mapper", e.Name()), &st); err != nil {
+			continue // closed meanwhile
+		}
+		slaves, _ := os.ReadDir(fmt.Sprintf("/sys/dev/block/%d:%d/slaves", unix.Major(st.Rdev), unix.Minor(st.Rdev)))
+		for _, sl := range slaves {
+			b, err := os.ReadFile(filepath.Join("/sys/block", sl.Name(), "loop", "backing_file"))
+			if backing := strings.TrimSuffix(string(b), "\n"); err == nil && strings.HasPrefix(backing, h.poolRoot+"/") {
+				out[id] = backing
+			}
+		}
+	}
+	return out
 }
 
 // stagedIsMount: every pool here stages filesystem volumes with a mount.
@@ -335,42 +401,78 @@ func loopDevices() map[string]string {
 	return out
 }
 
+// verifyParallel is how many volumes verifyData reads back at once. Every
+// stage and unstage costs the lvm pool several lvm2 commands, about a
+// second each in the VM lane, and the harness would otherwise wait for
+// each in turn after every crash; the driver takes calls on distinct
+// volumes concurrently, as it does from kubelet.
+const verifyParallel = 4
+
 // verifyData reads every volume's data back. A published volume is read
 // through its target (which also proves the mount survived the restart);
 // any other is published, or staged and published, afresh and then put
-// back as it was.
+// back as it was. Volumes are read back verifyParallel at a time.
 func (h *harness) verifyData() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
+	var vols []*volume
 	for _, v := range h.m.vols {
-		if v.state != alive {
-			continue
-		}
-		h.stats.verified++
-		if v.pub {
-			if err := h.readBack(v, h.targetPath(v.id), v.sum); err != nil {
-				h.fatalf("after restart: %v", err)
-			}
-			h.probeWrite(v)
-			continue
-		}
-		staging, target := h.stagingPath(v.id), h.targetPath(v.id)
-		steps := []func() error{}
-		if !v.staged {
-			steps = append(steps, func() error { return h.stage(ctx, h.c, v.id, staging) })
-		}
-		steps = append(steps,
-			func() error { return h.publish(ctx, h.c, v.id, staging, target) },
-			func() error { return h.readBack(v, target, v.sum) },
-			func() error { return h.unpublish(ctx, h.c, v.id, target) },
-		)
-		if !v.staged {
-			steps = append(steps, func() error { return h.unstage(ctx, h.c, v.id, staging) })
-		}
-		for _, step := range steps {
-			h.eventually(fmt.Sprintf("verify volume %s (%s) after restart", v.name, v.id), step)
+		if v.state == alive {
+			vols = append(vols, v)
+			h.stats.verified++
 		}
 	}
+	errs := make([]error, len(vols))
+	sem := make(chan struct{}, verifyParallel)
+	var wg sync.WaitGroup
+	for i, v := range vols {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			errs[i] = h.verifyVolume(ctx, v)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		h.fatalf("after restart: %v", err)
+	}
+	for _, v := range vols {
+		if v.pub {
+			h.probeWrite(v)
+		}
+	}
+}
+
+// verifyVolume reads one volume's data back for verifyData; it runs on
+// its own goroutine, so it returns its failure.
+func (h *harness) verifyVolume(ctx context.Context, v *volume) error {
+	if v.pub {
+		return h.readBack(v, h.targetPath(v.id), v.sum)
+	}
+	staging, target := h.stagingPath(v.id), h.targetPath(v.id)
+	steps := []func() error{}
+	// An encrypted volume that stays staged is staged again, as kubelet
+	// may after a restart: with its secret, it must find its own
+	// mapping or key and mount, not fail or stack a second one.
+	if !v.staged || h.tg.encrypted {
+		steps = append(steps, func() error { return h.stage(ctx, h.c, v.id, staging) })
+	}
+	steps = append(steps,
+		func() error { return h.publish(ctx, h.c, v.id, staging, target) },
+		func() error { return h.readBack(v, target, v.sum) },
+		func() error { return h.unpublish(ctx, h.c, v.id, target) },
+	)
+	if !v.staged {
+		steps = append(steps, func() error { return h.unstage(ctx, h.c, v.id, staging) })
+	}
+	for _, step := range steps {
+		if err := h.converge(fmt.Sprintf("verify volume %s (%s) after restart", v.name, v.id), step); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // unmountOurs removes every mount under the harness's directory, deepest
@@ -390,6 +492,10 @@ func (h *harness) unmountOurs() {
 	// Loop devices on pool images hold the pool's filesystem open.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	// So do the LUKS mappings on them.
+	for id := range h.ourMappings() {
+		luks.Close(ctx, luks.MappingName(id))
+	}
 	for dev, backing := range loopDevices() {
 		if strings.HasPrefix(backing, h.poolRoot+"/") {
 			loopdev.Detach(ctx, dev)
@@ -450,12 +556,11 @@ func writeProbe(path string) error {
 	return os.Remove(path)
 }
 
-// onLVM is onDisk for an lvm pool: the IDs of the pool's tagged LVs of
-// one kind ("volumes" or "snapshots"), failing on a tagged LV whose name
-// is not an ID (a new-*/rm-* leftover reconcile missed). Untagged LVs
-// (testlvm's "foreign" one) are not the pool's.
-func (h *harness) onLVM(dir string) map[string]bool {
-	kind := map[string]string{"volumes": "volume", "snapshots": "snapshot"}[dir]
+// onLVM is onDisk for an lvm pool: the IDs of the pool's tagged volume
+// and snapshot LVs, from one lvs, failing on a tagged LV whose name is not
+// an ID (a new-*/rm-* leftover reconcile missed). Untagged LVs (testlvm's
+// "foreign" one) are not the pool's.
+func (h *harness) onLVM() (vols, snaps map[string]bool) {
 	vg, _, _ := strings.Cut(h.poolRoot, "/")
 	cmd := exec.Command("lvs", "--reportformat", "json", "--units", "b", "--nosuffix", "-o", "lv_name,lv_tags", vg)
 	cmd.Env = append(os.Environ(), "LC_ALL=C", "LVM_SUPPRESS_FD_WARNINGS=1")
@@ -467,18 +572,19 @@ func (h *harness) onLVM(dir string) map[string]bool {
 	if err != nil {
 		h.fatalf("%v", err)
 	}
-	ids := map[string]bool{}
+	vols, snaps = map[string]bool{}, map[string]bool{}
 	for _, lv := range lvs {
 		pool, _ := lv.Tag(lvmpool.TagPool)
 		k, _ := lv.Tag(lvmpool.TagKind)
-		if !lv.HasTag(lvmpool.TagOwner) || pool != h.poolRoot || k != kind {
+		ids := map[string]map[string]bool{"volume": vols, "snapshot": snaps}[k]
+		if !lv.HasTag(lvmpool.TagOwner) || pool != h.poolRoot || ids == nil {
 			continue
 		}
 		m := entryPattern.FindStringSubmatch(lv.Name)
 		if m == nil || m[2] != "" {
-			h.fatalf("lvm pool %s holds the %s LV %q after reconcile: a leftover the store does not account for", h.poolRoot, kind, lv.Name)
+			h.fatalf("lvm pool %s holds the %s LV %q after reconcile: a leftover the store does not account for", h.poolRoot, k, lv.Name)
 		}
 		ids[m[1]] = true
 	}
-	return ids
+	return vols, snaps
 }

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"maps"
 	"math/rand"
 	"os"
 	"os/exec"
@@ -25,6 +26,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/cairn-csi/cairn/internal/luks"
 	"github.com/cairn-csi/cairn/internal/testdriver"
 	"github.com/cairn-csi/cairn/internal/testfs"
 	"github.com/cairn-csi/cairn/internal/testlvm"
@@ -36,8 +38,8 @@ type target struct {
 	poolType string // cairn pool type
 	fsType   string // testfs type holding the pool
 	size     int64
-	// encrypted: every volume is encrypted (fscrypt), and every call that
-	// takes the secret gets it.
+	// encrypted: every volume is encrypted (fscrypt on a dir pool, LUKS2
+	// on an image pool), and every call that takes the secret gets it.
 	encrypted bool
 	// lvm: the pool is an LVM thin pool on a throwaway VG
 	// (internal/testlvm); fsType is unused. Device-mapper is only in the
@@ -160,7 +162,12 @@ func TestCrash(t *testing.T) {
 	seed := envInt("CAIRN_CRASH_SEED", time.Now().UnixNano())
 	// A run of selected targets (the VM lane's, under TCG) is short by default.
 	kills := int(envInt("CAIRN_CRASH_KILLS", map[bool]int64{true: 200, false: 5}[os.Getenv("CAIRN_CRASH_TARGETS") == ""]))
-	t.Logf("seed %d (replay: CAIRN_CRASH_SEED=%d), %d random kills in all", seed, seed, kills)
+	// So is its kill-point matrix: each point is killed with two of the
+	// operations that reach it (a seeded choice, so that successive runs
+	// cover the others), not with each. 0 is every one.
+	perPoint := int(envInt("CAIRN_CRASH_POINT_OPS", map[bool]int64{true: 0, false: 2}[os.Getenv("CAIRN_CRASH_TARGETS") == ""]))
+	t.Logf("seed %d (replay: CAIRN_CRASH_SEED=%d), %d random kills in all, %s", seed, seed, kills,
+		map[bool]string{true: "every operation that reaches it killed at each kill point", false: fmt.Sprintf("%d operations killed at each kill point", perPoint)}[perPoint == 0])
 
 	types := poolTypes(t)
 	points := findKillPoints(t)
@@ -185,6 +192,17 @@ func TestCrash(t *testing.T) {
 		targets = append(targets, target{name: "btrfs", poolType: "btrfs", fsType: "btrfs", size: 1 << 30})
 	}
 	targets = append(targets, target{name: "dir-fscrypt", poolType: "dir", fsType: "ext4-encrypt", size: 512 << 20, encrypted: true})
+	// LUKS2 needs device-mapper, which only the VM lane's kernel has.
+	switch err := luks.Supported(); {
+	case !types["image"]:
+		t.Log("target image-luks: skipped, this cairn has no image pool type")
+	case err != nil && testfs.VMLane() && selectedTarget("image-luks"):
+		t.Fatalf("target image-luks: %v (CAIRN_VM_LANE=1: the VM lane requires it)", err)
+	case err != nil:
+		t.Logf("target image-luks: skipped, %v; %s", err, testfs.VMLaneHint)
+	default:
+		targets = append(targets, target{name: "image-luks", poolType: "image", fsType: "ext4", size: 1 << 30, encrypted: true})
+	}
 	switch err := testlvm.Available(); {
 	case !types["lvm"]:
 		t.Log("target lvm-thin: skipped, this cairn has no lvm pool type")
@@ -210,33 +228,57 @@ func TestCrash(t *testing.T) {
 		t.Run(tg.name, func(t *testing.T) {
 			start := time.Now()
 			h := newHarness(t, tg, seed+int64(i))
+			h.perPoint = perPoint
 			h.killPoints(points)
 			h.randomKills(share)
 			h.finish()
 			t.Logf("%s: %d kill-point deaths (%d pairs tried), %d random kills (%d with calls in flight), %d restarts, %d operations completed, %d retried to convergence, %d transient errors retried, %d data verifications, in %v (seed %d)",
 				tg.name, h.stats.pointDeaths, h.stats.pointPairs, h.stats.randomKills, h.stats.inFlightKills, h.stats.restarts,
 				h.stats.opsDone, h.stats.retried, h.stats.transient, h.stats.verified, time.Since(start).Round(time.Second), h.seed)
+			t.Logf("%s: time spent: %s", tg.name, h.timeSpent(time.Since(start)))
 		})
 	}
 }
 
 // harness drives one target.
 type harness struct {
-	t        *testing.T
-	tg       target
-	seed     int64
-	rng      *rand.Rand
-	root     string // the harness's own directory
-	poolRoot string
-	proc     *testdriver.Process
-	conn     *grpc.ClientConn
-	c        clients
-	caps     capabilities
-	armed    bool // the running process has a kill point armed
-	m        model
-	stats    struct {
+	t         *testing.T
+	tg        target
+	seed      int64
+	rng       *rand.Rand
+	root      string // the harness's own directory
+	poolRoot  string
+	proc      *testdriver.Process
+	conn      *grpc.ClientConn
+	c         clients
+	caps      capabilities
+	armed     bool       // the running process has a kill point armed (in pointFile)
+	pointFile string     // CAIRN_CRASHPOINT_FILE: the kill points armed
+	mu        sync.Mutex // guards stats.transient, which verifyData's goroutines count
+	env       []string   // cairn's environment on every start
+	perPoint  int        // operations killed at each kill point; 0: every one that reaches it
+	m         model
+	stats     struct {
 		pointDeaths, pointPairs, randomKills, inFlightKills, restarts, opsDone, retried, verified, transient int
 	}
+	// spent is where the run's time went, per phase: what to cut when the
+	// run is too slow for CI.
+	spent map[string]time.Duration
+}
+
+// timed adds the time since start to phase; use as defer h.timed(phase, time.Now()).
+func (h *harness) timed(phase string, start time.Time) { h.spent[phase] += time.Since(start) }
+
+// timeSpent formats spent, largest first, with the rest of total as "other".
+func (h *harness) timeSpent(total time.Duration) string {
+	phases := slices.Collect(maps.Keys(h.spent))
+	slices.SortFunc(phases, func(a, b string) int { return cmp.Compare(h.spent[b], h.spent[a]) })
+	var out []string
+	for _, p := range phases {
+		out = append(out, fmt.Sprintf("%s %v", p, h.spent[p].Round(time.Second)))
+		total -= h.spent[p]
+	}
+	return strings.Join(append(out, fmt.Sprintf("other %v", total.Round(time.Second))), ", ")
 }
 
 type clients struct {
@@ -262,8 +304,15 @@ func newHarness(t *testing.T, tg target, seed int64) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, tg: tg, seed: seed, rng: rand.New(rand.NewSource(seed)), root: root, poolRoot: poolRoot}
+	h := &harness{t: t, tg: tg, seed: seed, rng: rand.New(rand.NewSource(seed)), root: root, poolRoot: poolRoot, spent: map[string]time.Duration{}}
 	h.m.h = h
+	h.pointFile = filepath.Join(root, "crashpoint")
+	h.env = []string{"CAIRN_CRASHPOINT_FILE=" + h.pointFile}
+	if tg.encrypted && tg.poolType == "image" {
+		// PBKDF2 with few iterations: Argon2id per open, under emulation,
+		// would take most of the run. The keys are derived, full-entropy.
+		h.env = append(h.env, "CAIRN_LUKS_FAST_KDF=1")
+	}
 	for _, d := range []string{"staging", "target"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o750); err != nil {
 			t.Fatal(err)
@@ -275,6 +324,7 @@ func newHarness(t *testing.T, tg target, seed int64) *harness {
 	h.proc = testdriver.Start(t, testdriver.Options{
 		DataDir: filepath.Join(root, "data"),
 		Pools:   []string{"default=" + tg.poolType + ":" + h.poolRoot},
+		Env:     h.env,
 	})
 	t.Cleanup(func() {
 		if h.conn != nil {
@@ -343,31 +393,80 @@ func (h *harness) readCapabilities() capabilities {
 	return c
 }
 
-// restart kills whatever runs and starts cairn again with env.
-func (h *harness) restart(env ...string) {
+// restart kills whatever runs and starts cairn again.
+func (h *harness) restart() {
 	h.t.Helper()
+	defer h.timed("restarts", time.Now())
 	h.proc.Kill()
-	h.proc.Env = env
 	h.proc.Restart(true)
 	h.stats.restarts++
 	h.dial()
 }
 
+// poolPoints are the kill points in code that only some pools run: each is
+// armed only on the targets that run it (elsewhere it would cost a restart
+// per operation kind, for nothing), and each of those must reach it.
+var poolPoints = map[string]func(target) bool{
+	// Between opening a LUKS mapping and mounting it (node_luks.go).
+	"stage:luks-opened": func(tg target) bool { return tg.encrypted && tg.poolType == "image" },
+	// Between loading an fscrypt key and mounting (encryption.go).
+	"stage:unlocked": func(tg target) bool { return tg.encrypted && tg.poolType == "dir" },
+	// The staging protocol's directory fsync: the lvm pool stages no
+	// directories.
+	"group:synced": func(tg target) bool { return !tg.lvm },
+}
+
+// arm arms kill point name in the running process, through the file it
+// reads at every kill point (CAIRN_CRASHPOINT_FILE): no restart, which on
+// an lvm pool under emulation costs seconds of start-up reconcile.
+func (h *harness) arm(name string) {
+	if err := os.WriteFile(h.pointFile, []byte(name), 0o600); err != nil {
+		h.t.Fatal(err)
+	}
+	h.armed = true
+}
+
+// disarm disarms the running process (or the next one), if armed.
+func (h *harness) disarm() {
+	if !h.armed {
+		return
+	}
+	if err := os.WriteFile(h.pointFile, nil, 0o600); err != nil {
+		h.t.Fatal(err)
+	}
+	h.armed = false
+}
+
 // killPoints arms each kill point in turn and runs each kind of operation
-// that can reach it; when the process dies there, it restarts clean,
+// that can reach it (until perPoint of them died there, when set); when the process dies there, it restarts clean,
 // checks, retries the interrupted operation, and checks again.
 func (h *harness) killPoints(points []killPoint) {
 	reached := map[string][]opKind{}
 	for _, kp := range points {
-		for _, kind := range h.kindsFor(kp.name) {
+		runs, poolPoint := poolPoints[kp.name]
+		if poolPoint && !runs(h.tg) {
+			h.t.Logf("kill point %s (%s): not armed, the %s pool does not run its code", kp.name, kp.file, h.tg.name)
+			continue
+		}
+		pointStart := time.Now()
+		kinds := h.kindsFor(kp.name)
+		if h.perPoint > 0 {
+			h.rng.Shuffle(len(kinds), func(i, j int) { kinds[i], kinds[j] = kinds[j], kinds[i] })
+		}
+		for _, kind := range kinds {
+			if h.perPoint > 0 && len(reached[kp.name]) >= h.perPoint {
+				break
+			}
+			h.disarm() // the last operation did not reach the point
+			prepStart := time.Now()
 			o := h.prepare(kind)
+			h.timed("setup", prepStart)
 			if o == nil {
 				h.t.Logf("kill point %s: cannot set up a %s here", kp.name, kind)
 				continue
 			}
 			h.stats.pointPairs++
-			h.restart("CAIRN_CRASHPOINT=" + kp.name)
-			h.armed = true
+			h.arm(kp.name)
 			logStart := len(h.proc.Log())
 			died := false
 			for attempt := 0; ; attempt++ {
@@ -394,8 +493,8 @@ func (h *harness) killPoints(points []killPoint) {
 			}
 			h.stats.pointDeaths++
 			reached[kp.name] = append(reached[kp.name], kind)
+			h.disarm()
 			h.restart()
-			h.armed = false
 			h.afterCrash([]*op{o})
 		}
 		// A group point is also armed under concurrent creates and
@@ -406,18 +505,15 @@ func (h *harness) killPoints(points []killPoint) {
 			reached[kp.name] = append(reached[kp.name], "concurrent batch")
 		}
 		if len(reached[kp.name]) == 0 {
-			if kp.generic {
+			if kp.generic || poolPoint {
 				h.fatalf("kill point %s (%s) was not reached by any operation on the %s pool", kp.name, kp.file, h.tg.name)
 			}
 			h.t.Logf("kill point %s (%s): not reached by the %s pool", kp.name, kp.file, h.tg.name)
 			continue
 		}
-		h.t.Logf("kill point %s: reached by %v", kp.name, reached[kp.name])
+		h.t.Logf("kill point %s: reached by %v, in %v", kp.name, reached[kp.name], time.Since(pointStart).Round(time.Second))
 	}
-	if h.armed {
-		h.restart()
-		h.armed = false
-	}
+	h.disarm()
 }
 
 // groupKill runs up to four creates and deletes at once with kp armed,
@@ -425,10 +521,7 @@ func (h *harness) killPoints(points []killPoint) {
 // Whatever the batch left unfinished is checked and retried as after any
 // crash.
 func (h *harness) groupKill(kp killPoint) bool {
-	if h.armed {
-		h.restart()
-		h.armed = false
-	}
+	h.disarm()
 	for h.m.aliveVolumes() < 2 { // something to delete
 		if !h.mustRun(h.m.pick(h.rng, opCreate, nil)) {
 			break
@@ -459,8 +552,7 @@ func (h *harness) groupKill(kp killPoint) bool {
 		h.t.Logf("kill point %s: no concurrent batch possible here", kp.name)
 		return false
 	}
-	h.restart("CAIRN_CRASHPOINT=" + kp.name)
-	h.armed = true
+	h.arm(kp.name)
 	logStart := len(h.proc.Log())
 	var wg sync.WaitGroup
 	for _, o := range batch {
@@ -487,8 +579,10 @@ func (h *harness) groupKill(kp killPoint) bool {
 			pending = append(pending, o)
 		}
 	}
-	h.restart()
-	h.armed = false
+	h.disarm()
+	if died {
+		h.restart()
+	}
 	h.afterCrash(pending)
 	if died {
 		h.stats.pointDeaths++
@@ -496,8 +590,11 @@ func (h *harness) groupKill(kp killPoint) bool {
 	return died
 }
 
-// kindsFor lists the operations worth trying at a kill point: creates for
-// create:*, deletes for delete:*, everything for points it does not know.
+// kindsFor lists the operations worth trying at a kill point. A point's
+// prefix names the call it is in: creates reach create:*, deletes
+// delete:*, and NodeStageVolume stage:*, which the harness's creates,
+// restores and clones call too (to write or check the data). Any other
+// point (group:*, the store's commit) is tried with every operation.
 func (h *harness) kindsFor(point string) []opKind {
 	creating := []opKind{opCreate, opSnapshot, opRestore, opClone}
 	deleting := []opKind{opDelete, opDeleteSnapshot}
@@ -507,6 +604,8 @@ func (h *harness) kindsFor(point string) []opKind {
 		kinds = creating
 	case strings.HasPrefix(point, "delete:"):
 		kinds = deleting
+	case strings.HasPrefix(point, "stage:"):
+		kinds = []opKind{opCreate, opRestore, opClone, opStage}
 	default:
 		kinds = append(append(append([]opKind{}, creating...), deleting...), opExpand, opStage, opPublish, opUnpublish, opUnstage)
 	}
@@ -516,10 +615,7 @@ func (h *harness) kindsFor(point string) []opKind {
 // prepare makes the preconditions of an operation of kind (a volume to
 // delete, a snapshot to restore) with the unarmed process, and returns it.
 func (h *harness) prepare(kind opKind) *op {
-	if h.armed { // the last operation did not reach the point
-		h.restart()
-		h.armed = false
-	}
+	h.disarm() // the last operation did not reach the point
 	for range 4 {
 		if o := h.m.pick(h.rng, kind, nil); o != nil {
 			if o.src != nil && !o.src.pub {
@@ -633,9 +729,11 @@ func (h *harness) randomKills(kills int) {
 		if len(pending) == 0 { // a whole batch's duration: learn from it
 			typical = (3*typical + slices.Max(ends)) / 4
 		}
+		restarted := time.Now()
 		h.proc.Restart(true)
 		h.stats.restarts++
 		h.dial()
+		h.timed("restarts", restarted)
 		h.afterCrash(pending)
 		if (k+1)%50 == 0 {
 			h.t.Logf("%d/%d random kills (%d with calls in flight), %d volumes, %d snapshots, typical batch %v",
@@ -648,14 +746,22 @@ func (h *harness) randomKills(kills int) {
 // interrupted operations retried to success, then the exact checks and the
 // data.
 func (h *harness) afterCrash(pending []*op) {
+	start := time.Now()
 	h.check(pending)
+	h.timed("checks", start)
+	start = time.Now()
 	for _, o := range pending {
 		h.retry(o)
 		h.m.apply(o)
 		h.stats.retried++
 	}
+	h.timed("retries", start)
+	start = time.Now()
 	h.check(nil)
+	h.timed("checks", start)
+	start = time.Now()
 	h.verifyData()
+	h.timed("data verification", start)
 }
 
 // retry runs o again, as an orchestrator would after a timeout, until it
@@ -668,25 +774,36 @@ func (h *harness) retry(o *op) {
 // and fails the test when an answer cannot change or fn never succeeds.
 func (h *harness) eventually(what string, fn func() error) {
 	h.t.Helper()
+	if err := h.converge(what, fn); err != nil {
+		h.fatalf("%v", err)
+	}
+}
+
+// converge is eventually for any goroutine: it returns the failure
+// instead of failing the test.
+func (h *harness) converge(what string, fn func() error) error {
 	var err error
 	for attempt := 0; attempt < 100; attempt++ {
 		if err = fn(); err == nil {
-			return
+			return nil
 		}
 		if !retryable(err) {
-			h.fatalf("%s did not converge: %v", what, err)
+			return fmt.Errorf("%s did not converge: %w", what, err)
 		}
 		if status.Code(err) != codes.Unavailable && status.Code(err) != codes.Aborted {
 			h.transient(what, err)
 		}
 		time.Sleep(time.Duration(min(attempt+1, 10)) * 20 * time.Millisecond)
 	}
-	h.fatalf("%s still failing after 100 attempts: %v", what, err)
+	return fmt.Errorf("%s still failing after 100 attempts: %w", what, err)
 }
 
 // transient records an error a retry got past: not a failure (an
-// orchestrator retries), but worth seeing, so each is logged.
+// orchestrator retries), but worth seeing, so each is logged. Safe for
+// concurrent use.
 func (h *harness) transient(what string, err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	h.stats.transient++
 	if h.stats.transient <= 20 {
 		h.t.Logf("transient error, retried: %s: %v", what, err)

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
@@ -148,5 +149,79 @@ func TestLUKSVolumes(t *testing.T) {
 	matches, _ := filepath.Glob("/dev/mapper/cairn-*")
 	if len(matches) != 0 {
 		t.Fatalf("mappings left: %v", matches)
+	}
+}
+
+// TestLUKSMappingsReconciled (issue 14): a crash between opening a volume's
+// LUKS mapping and mounting it (kill point stage:luks-opened) leaves the
+// volume's key in the kernel with nothing staged, and the start-up
+// reconcile closes that mapping. It leaves alone the mapping of a mounted
+// volume (its workload runs on across a driver restart) and of a staged
+// block volume, whose open mapping is its staged state.
+func TestLUKSMappingsReconciled(t *testing.T) {
+	if err := luks.Supported(); err != nil {
+		testfs.SkipKernel(t, "%v", err)
+	}
+	e := newEnv(t, "ext4", 1<<30)
+	e.secrets = map[string]string{"encryptionPassphrase": "luks-claim-secret-0123456789"}
+	enc := map[string]string{"encryption": "true"}
+	mounted := e.create("mounted", 64*mib, mountCap("ext4"), enc, nil)
+	e.stagePublish(mounted)
+	blk := e.create("blk", 64*mib, blockCap(), enc, nil)
+	e.stage(blk)
+	orphan := e.create("orphan", 64*mib, mountCap("ext4"), enc, nil)
+	open := func(v *volume) bool {
+		_, err := os.Stat(luks.MappingPath(luks.MappingName(v.GetVolumeId())))
+		return err == nil
+	}
+
+	e.proc.Kill()
+	e.proc.Env = []string{"CAIRN_LUKS_FAST_KDF=1", "CAIRN_CRASHPOINT=stage:luks-opened"}
+	e.proc.Restart(true)
+	e.redial()
+	_, err := e.node.NodeStageVolume(e.ctx(), &csi.NodeStageVolumeRequest{VolumeId: orphan.GetVolumeId(), StagingTargetPath: orphan.staging,
+		VolumeCapability: orphan.cap, VolumeContext: orphan.GetVolumeContext(), Secrets: e.secrets})
+	if err == nil {
+		t.Fatal("the stage succeeded: kill point stage:luks-opened was never reached")
+	}
+	e.proc.Wait(10 * time.Second)
+	if !strings.Contains(e.proc.Log(), "crashpoint: reached stage:luks-opened") {
+		t.Fatalf("the stage failed without reaching stage:luks-opened: %v", err)
+	}
+	if !open(orphan) {
+		t.Fatal("the crash left no mapping open: nothing for reconcile to do")
+	}
+
+	e.proc.Kill() // reaps it
+	e.proc.Env = []string{"CAIRN_LUKS_FAST_KDF=1"}
+	e.proc.Restart(true)
+	e.redial()
+	if open(orphan) {
+		t.Fatalf("after restart the mapping of %s, which nothing mounts, is still open\nlog tail:\n%s", orphan.GetVolumeId(), tail(e.proc.Log(), 20))
+	}
+	if !open(mounted) || !open(blk) {
+		t.Fatalf("reconcile closed a mapping in use: mounted volume's open=%v, staged block volume's open=%v", open(mounted), open(blk))
+	}
+	if !strings.Contains(e.proc.Log(), "reconcile: closed the mapping of an encrypted volume that nothing mounts") {
+		t.Errorf("reconcile did not log the mapping it closed")
+	}
+
+	// Everything still works: the orphan stages again from its secret, the
+	// block volume publishes from its staged mapping.
+	e.stagePublish(orphan)
+	e.unpublishUnstage(orphan)
+	e.publish(blk)
+	e.unpublishUnstage(blk)
+	e.unpublishUnstage(mounted)
+	for _, v := range []*volume{orphan, blk, mounted} {
+		if open(v) {
+			t.Errorf("the mapping of %s is open after unstage", v.GetVolumeId())
+		}
+		if _, err := e.ctl.DeleteVolume(e.ctx(), &csi.DeleteVolumeRequest{VolumeId: v.GetVolumeId()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if l := e.loops(); len(l) != 0 {
+		t.Fatalf("loop devices left: %v", l)
 	}
 }
