@@ -59,7 +59,7 @@ PKGS=(
   "sanity-lvm-mount|./test/sanity|CAIRN_SANITY_TARGETS=lvm/thin-mount|^TestSanity\$"
   "sanity-lvm-block|./test/sanity|CAIRN_SANITY_TARGETS=lvm/thin-block|^TestSanity\$"
   "sanity|./test/sanity|CAIRN_SANITY_TARGETS=dir/ext4-prjquota,dir/xfs-prjquota,image/luks|^TestSanity\$"
-  "lvm|./test/lvm||^(TestSnapshotWhileWriting|TestEncryptedLVMVolumes|TestEncryptedThickVolume|TestLVHealth)\$"
+  "lvm|./test/lvm||^(TestSnapshotWhileWriting|TestEncryptedLVMVolumes|TestEncryptedThickVolume|TestLVHealth|TestLVMLUKSMappingsReconciled)\$"
   "lvmpool|./internal/backend/lvmpool||^(TestSuite|TestThinPoolFull|TestReconcileLeavesUntaggedLVs)\$"
   "crash-luks|./test/crash|CAIRN_CRASH_TARGETS=image-luks|^TestCrash\$"
   "image|./test/image||^(TestOnlineExpansion|TestGrowAtStage|TestBlockExpansionLeavesWorkloadFilesystem|TestLUKSVolumes|TestLUKSMappingsReconciled)\$"

@@ -102,9 +102,6 @@ func (d *Driver) openLUKS(ctx context.Context, nv nodeVolume, dev string, secret
 // a running workload) keeps it too. Mappings of deleted volumes are
 // reconcileLoops' to close.
 func (d *Driver) reconcileMappings(ctx context.Context) {
-	if d.cfg.Loop == nil {
-		return
-	}
 	var vols []store.Volume
 	err := d.store.View(ctx, func(tx *store.Tx) error {
 		all, _, err := tx.Volumes("", 0)
@@ -128,7 +125,9 @@ func (d *Driver) reconcileMappings(ctx context.Context) {
 			continue
 		}
 		src, err := pool.Source(ctx, v.ID)
-		if err != nil || src.Kind != backend.SourceImageFile {
+		// An image's mapping sits on its loop device, an lvm volume's on
+		// the LV; identityOf finds either one's mounts through its holders.
+		if err != nil || (src.Kind != backend.SourceImageFile && src.Kind != backend.SourceBlockDevice) {
 			continue
 		}
 		if mps, err := d.mountsOf(ctx, src); err != nil || len(mps) > 0 {

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
@@ -33,6 +34,7 @@ type lvmEnv struct {
 	*env
 	vg      string
 	secrets map[string]string
+	proc    *testdriver.Process
 }
 
 func newLVMEnv(t *testing.T, vgBytes, thinBytes int64) *lvmEnv {
@@ -48,7 +50,13 @@ func newLVMEnv(t *testing.T, vgBytes, thinBytes int64) *lvmEnv {
 	p := testdriver.Start(t, testdriver.Options{DataDir: filepath.Join(tmp, "data"),
 		Pools: []string{"lvm=lvm:" + spec}, Env: []string{"CAIRN_LUKS_FAST_KDF=1"}})
 	conn := p.Dial()
-	return &lvmEnv{env: &env{t: t, ctx: context.Background(), ctrl: csi.NewControllerClient(conn), node: csi.NewNodeClient(conn), tmp: tmp}, vg: vg}
+	return &lvmEnv{env: &env{t: t, ctx: context.Background(), ctrl: csi.NewControllerClient(conn), node: csi.NewNodeClient(conn), tmp: tmp}, vg: vg, proc: p}
+}
+
+// redial connects the clients to a restarted driver.
+func (e *lvmEnv) redial() {
+	conn := e.proc.Dial()
+	e.ctrl, e.node = csi.NewControllerClient(conn), csi.NewNodeClient(conn)
 }
 
 type vol struct {
@@ -422,4 +430,64 @@ func TestLVHealth(t *testing.T) {
 	testlvm.Run(t, "lvremove", "--quiet", "--yes", lvName)
 	wantAbnormal("missing", "DataMissing")
 	e.deleteVolume(v.id)
+}
+
+// TestLVMLUKSMappingsReconciled: a crash between opening an encrypted LV's
+// mapping and mounting it leaves the mapping (and so the key) in the
+// kernel with nothing staged; the restarted driver closes it, and keeps
+// the mappings of a mounted volume and of a staged block volume.
+func TestLVMLUKSMappingsReconciled(t *testing.T) {
+	if err := luks.Supported(); err != nil {
+		testfs.SkipKernel(t, "%v", err)
+	}
+	e := newLVMEnv(t, 1<<30, 768*mib)
+	e.secrets = map[string]string{"encryptionPassphrase": "lvm-claim-secret-0123456789abcdef"}
+	enc := map[string]string{"encryption": "true"}
+	mounted := e.create(64*mib, mountCap, enc, nil)
+	e.stagePublish(mounted)
+	blk := e.create(64*mib, blockCap, enc, nil)
+	e.must("NodeStageVolume (block)", e.stage(blk))
+	orphan := e.create(64*mib, mountCap, enc, nil)
+
+	e.proc.Kill()
+	e.proc.Env = []string{"CAIRN_LUKS_FAST_KDF=1", "CAIRN_CRASHPOINT=stage:luks-opened"}
+	e.proc.Restart(true)
+	e.redial()
+	if err := e.stage(orphan); err == nil {
+		t.Fatal("the stage succeeded: kill point stage:luks-opened was never reached")
+	}
+	e.proc.Wait(10 * time.Second)
+	if !strings.Contains(e.proc.Log(), "crashpoint: reached stage:luks-opened") {
+		t.Fatal("the stage failed without reaching stage:luks-opened")
+	}
+	if !mappingOpen(orphan.id) {
+		t.Fatal("the crash left no mapping open: nothing for reconcile to do")
+	}
+
+	e.proc.Kill()
+	e.proc.Env = []string{"CAIRN_LUKS_FAST_KDF=1"}
+	e.proc.Restart(true)
+	e.redial()
+	if mappingOpen(orphan.id) {
+		t.Fatalf("after restart the mapping of %s, which nothing mounts, is still open", orphan.id)
+	}
+	if !mappingOpen(mounted.id) || !mappingOpen(blk.id) {
+		t.Fatalf("reconcile closed a mapping in use: mounted volume's open=%v, staged block volume's open=%v", mappingOpen(mounted.id), mappingOpen(blk.id))
+	}
+	if !strings.Contains(e.proc.Log(), "reconcile: closed the mapping of an encrypted volume that nothing mounts") {
+		t.Error("reconcile did not log the mapping it closed")
+	}
+
+	// The orphan stages again from its secret; everything unstages clean.
+	e.stagePublish(orphan)
+	e.unpublishUnstage(orphan)
+	_, err := e.node.NodeUnstageVolume(e.ctx, &csi.NodeUnstageVolumeRequest{VolumeId: blk.id, StagingTargetPath: blk.staging})
+	e.must("NodeUnstageVolume (block)", err)
+	e.unpublishUnstage(mounted)
+	for _, v := range []*vol{orphan, blk, mounted} {
+		if mappingOpen(v.id) {
+			t.Errorf("the mapping of %s is open after unstage", v.id)
+		}
+		e.deleteVolume(v.id)
+	}
 }
