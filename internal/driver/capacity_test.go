@@ -2,19 +2,12 @@ package driver
 
 import (
 	"context"
-	"io"
-	"log/slog"
-	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	mount "k8s.io/mount-utils"
-	testingexec "k8s.io/utils/exec/testing"
 
 	"github.com/cairn-csi/cairn/internal/backend"
 	"github.com/cairn-csi/cairn/internal/luks"
-	"github.com/cairn-csi/cairn/internal/store"
 )
 
 // luksPool is fakePool encrypting with LUKS2, as the image and lvm pools do.
@@ -39,17 +32,7 @@ var (
 // fscrypt and plain volumes have no header.
 func TestGetCapacityEncrypted(t *testing.T) {
 	const maxVol = 1 << 50 // fakePool's MaxVolumeBytes
-	st, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "cairn.db"), time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	mounter := &mount.SafeFormatAndMount{Interface: mount.NewFakeMounter(nil), Exec: &testingexec.FakeExec{}}
-	d, err := New(Config{Name: "cairn.csi.dev", NodeID: "node-1", Mode: ModeAll, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))},
-		st, []Pool{{Name: "luks", Backend: &luksPool{}}, {Name: "fscrypt", Backend: &fscryptPool{}}}, mounter)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, _ := newDriverOver(t, Config{}, []Pool{{Name: "luks", Backend: &luksPool{}}, {Name: "fscrypt", Backend: &fscryptPool{}}}, fakeMounter())
 	tests := []struct {
 		pool, encryption string
 		want             int64

@@ -13,6 +13,7 @@ import (
 	testingexec "k8s.io/utils/exec/testing"
 
 	"github.com/cairn-csi/cairn/internal/backend"
+	"github.com/cairn-csi/cairn/internal/backend/dirpool"
 	"github.com/cairn-csi/cairn/internal/errdefs"
 	"github.com/cairn-csi/cairn/internal/store"
 )
@@ -69,24 +70,54 @@ func (p *fakePool) Reconcile(ctx context.Context, inv backend.Inventory) (backen
 // pool named "default", with a fake mounter: nothing it does can mount.
 func newTestDriver(tb testing.TB) (*Driver, *fakePool, *store.Store) {
 	tb.Helper()
+	pool := &fakePool{}
+	d, st := newDriverOver(tb, Config{}, []Pool{{Name: "default", Backend: pool}}, fakeMounter())
+	if err := d.Start(context.Background()); err != nil {
+		tb.Fatal(err)
+	}
+	return d, pool, st
+}
+
+// newDriverOver makes a driver over a fresh store (closed at the end of the
+// test) and pools, not started. cfg's Name, NodeID, Mode and Logger default
+// to the tests' values.
+func newDriverOver(tb testing.TB, cfg Config, pools []Pool, mounter *mount.SafeFormatAndMount) (*Driver, *store.Store) {
+	tb.Helper()
 	st, err := store.Open(context.Background(), filepath.Join(tb.TempDir(), "cairn.db"), time.Second)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { st.Close() })
-	pool := &fakePool{}
-	mounter := &mount.SafeFormatAndMount{Interface: mount.NewFakeMounter(nil), Exec: &testingexec.FakeExec{}}
-	d, err := New(Config{
-		Name:   "cairn.csi.dev",
-		NodeID: "node-1",
-		Mode:   ModeAll,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	}, st, []Pool{{Name: "default", Backend: pool}}, mounter)
+	if cfg.Name == "" {
+		cfg.Name = "cairn.csi.dev"
+	}
+	if cfg.NodeID == "" {
+		cfg.NodeID = "node-1"
+	}
+	if cfg.Mode == "" {
+		cfg.Mode = ModeAll
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	d, err := New(cfg, st, pools, mounter)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	if err := d.Start(context.Background()); err != nil {
+	return d, st
+}
+
+// fakeMounter is a mounter that mounts nothing.
+func fakeMounter() *mount.SafeFormatAndMount {
+	return &mount.SafeFormatAndMount{Interface: mount.NewFakeMounter(nil), Exec: &testingexec.FakeExec{}}
+}
+
+// newDirPool opens a real dir pool at root.
+func newDirPool(tb testing.TB, root string) *dirpool.Pool {
+	tb.Helper()
+	pool, err := dirpool.New(context.Background(), root, nil)
+	if err != nil {
 		tb.Fatal(err)
 	}
-	return d, pool, st
+	return pool
 }

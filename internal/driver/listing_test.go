@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,11 +13,8 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
-	mount "k8s.io/mount-utils"
-	testingexec "k8s.io/utils/exec/testing"
 
 	"github.com/cairn-csi/cairn/internal/backend"
-	"github.com/cairn-csi/cairn/internal/backend/dirpool"
 	"github.com/cairn-csi/cairn/internal/store"
 )
 
@@ -129,21 +124,8 @@ func BenchmarkListVolumesDirPool(b *testing.B) {
 	const n = 10000
 	ctx := context.Background()
 	dir := b.TempDir()
-	st, err := store.Open(ctx, filepath.Join(dir, "cairn.db"), time.Second)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer st.Close()
-	pool, err := dirpool.New(ctx, filepath.Join(dir, "pool"), nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	mounter := &mount.SafeFormatAndMount{Interface: mount.NewFakeMounter(nil), Exec: &testingexec.FakeExec{}}
-	d, err := New(Config{Name: "cairn.csi.dev", NodeID: "node-1", Mode: ModeAll,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, st, []Pool{{Name: "default", Backend: pool}}, mounter)
-	if err != nil {
-		b.Fatal(err)
-	}
+	pool := newDirPool(b, filepath.Join(dir, "pool"))
+	d, st := newDriverOver(b, Config{}, []Pool{{Name: "default", Backend: pool}}, fakeMounter())
 	for i := 0; i < n; i += 500 {
 		err := st.Update(ctx, func(tx *store.Tx) error {
 			for j := i; j < min(i+500, n); j++ {
@@ -235,21 +217,8 @@ func TestListPublishedByRootName(t *testing.T) {
 	}
 	ctx := context.Background()
 	dir := t.TempDir()
-	st, err := store.Open(ctx, filepath.Join(dir, "cairn.db"), time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	pool, err := dirpool.New(ctx, filepath.Join(dir, "pool"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mounter := &mount.SafeFormatAndMount{Interface: mount.NewFakeMounter(nil), Exec: &testingexec.FakeExec{}}
-	d, err := New(Config{Name: "cairn.csi.dev", NodeID: "node-1", Mode: ModeAll,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, st, []Pool{{Name: "default", Backend: pool}}, mounter)
-	if err != nil {
-		t.Fatal(err)
-	}
+	pool := newDirPool(t, filepath.Join(dir, "pool"))
+	d, st := newDriverOver(t, Config{}, []Pool{{Name: "default", Backend: pool}}, fakeMounter())
 	putVolumes(t, st, 3, "")
 	for i := range 3 {
 		if _, err := pool.CreateVolume(ctx, fmt.Sprintf("vol-%016x", i), backend.Spec{CapacityBytes: 1 << 20, AccessType: backend.AccessMount}, func(backend.Volume) error { return nil }); err != nil {

@@ -2,20 +2,15 @@ package driver
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	mount "k8s.io/mount-utils"
 	utilexec "k8s.io/utils/exec"
 	testingexec "k8s.io/utils/exec/testing"
 
-	"github.com/cairn-csi/cairn/internal/backend/dirpool"
-	"github.com/cairn-csi/cairn/internal/store"
 	"github.com/cairn-csi/cairn/internal/testdriver"
 )
 
@@ -55,23 +50,10 @@ func TestDirVolumeNodePathForksNothing(t *testing.T) {
 	}
 	ctx := context.Background()
 	dir := t.TempDir()
-	st, err := store.Open(ctx, filepath.Join(dir, "cairn.db"), time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	pool, err := dirpool.New(ctx, filepath.Join(dir, "pool"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := New(Config{
-		Name: "cairn.csi.dev", NodeID: "n", Mode: ModeAll, StateDir: filepath.Join(dir, "data"),
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	}, st, []Pool{{Name: "default", Backend: pool, Root: filepath.Join(dir, "pool")}},
+	pool := newDirPool(t, filepath.Join(dir, "pool"))
+	d, _ := newDriverOver(t, Config{NodeID: "n", StateDir: filepath.Join(dir, "data")},
+		[]Pool{{Name: "default", Backend: pool, Root: filepath.Join(dir, "pool")}},
 		&mount.SafeFormatAndMount{Interface: forkingMounter{t: t}, Exec: failingExec{t: t}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	if err := d.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
