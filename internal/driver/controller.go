@@ -172,8 +172,7 @@ func accessOf(caps []*csi.VolumeCapability) (backend.AccessType, string, error) 
 
 // CreateVolume implements csi.ControllerServer.
 func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
-	resp, err := d.createVolume(ctx, req, false)
-	return resp, toStatus(err)
+	return d.createVolume(ctx, req, false)
 }
 
 func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest, ephemeral bool) (*csi.CreateVolumeResponse, error) {
@@ -493,7 +492,7 @@ func (d *Driver) volumeMessage(v store.Volume, enforced *bool) *csi.Volume {
 
 // DeleteVolume implements csi.ControllerServer.
 func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
-	return &csi.DeleteVolumeResponse{}, toStatus(d.deleteVolume(ctx, req.GetVolumeId()))
+	return &csi.DeleteVolumeResponse{}, d.deleteVolume(ctx, req.GetVolumeId())
 }
 
 func (d *Driver) deleteVolume(ctx context.Context, id string) error {
@@ -580,20 +579,20 @@ func (d *Driver) volumeRecord(ctx context.Context, id string) (store.Volume, err
 // ValidateVolumeCapabilities implements csi.ControllerServer.
 func (d *Driver) ValidateVolumeCapabilities(ctx context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
 	if err := requireID("volume_id", req.GetVolumeId()); err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	if len(req.GetVolumeCapabilities()) == 0 {
-		return nil, toStatus(invalid("volume_capabilities is required"))
+		return nil, invalid("volume_capabilities is required")
 	}
 	if err := checkMap("volume_context", req.GetVolumeContext()); err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	if err := checkMap("parameters", req.GetParameters()); err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	v, err := d.volumeRecord(ctx, req.GetVolumeId())
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	if err := checkCapabilities("volume_capabilities", req.GetVolumeCapabilities()); err != nil {
 		return &csi.ValidateVolumeCapabilitiesResponse{Message: err.Error()}, nil
@@ -617,10 +616,10 @@ func (d *Driver) ValidateVolumeCapabilities(ctx context.Context, req *csi.Valida
 // volumes plus the node's mounts.
 func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
 	if req.GetMaxEntries() < 0 {
-		return nil, toStatus(invalid("max_entries must not be negative"))
+		return nil, invalid("max_entries must not be negative")
 	}
 	if t := req.GetStartingToken(); t != "" && !volumeIDPattern.MatchString(t) {
-		return nil, toStatus(fmt.Errorf("starting_token %q is not one this driver issued: %w", truncate(t), errdefs.ErrAborted))
+		return nil, fmt.Errorf("starting_token %q is not one this driver issued: %w", truncate(t), errdefs.ErrAborted)
 	}
 	var vols []store.ListedVolume
 	var next string
@@ -629,14 +628,14 @@ func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (
 		return
 	})
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	lv := d.newListView()
 	resp := &csi.ListVolumesResponse{NextToken: next, Entries: make([]*csi.ListVolumesResponse_Entry, 0, len(vols))}
 	used := 0
 	for i, lvol := range vols {
 		if err := ctx.Err(); err != nil {
-			return nil, toStatus(err)
+			return nil, err
 		}
 		v := lvol.Volume
 		n := lv.sizeBound(lvol.RecordBytes)
@@ -673,11 +672,11 @@ func (d *Driver) publishedNodes(ctx context.Context, v store.Volume) []string {
 // ControllerGetVolume implements csi.ControllerServer.
 func (d *Driver) ControllerGetVolume(ctx context.Context, req *csi.ControllerGetVolumeRequest) (*csi.ControllerGetVolumeResponse, error) {
 	if err := requireID("volume_id", req.GetVolumeId()); err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	v, err := d.volumeRecord(ctx, req.GetVolumeId())
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	return &csi.ControllerGetVolumeResponse{
 		Volume: d.csiVolume(ctx, v),
@@ -690,16 +689,16 @@ func (d *Driver) ControllerGetVolume(ctx context.Context, req *csi.ControllerGet
 func (d *Driver) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
 	params, err := parseCreateParams(req.GetParameters())
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	for i, c := range req.GetVolumeCapabilities() {
 		if err := checkCapability(fmt.Sprintf("volume_capabilities[%d]", i), c); err != nil {
-			return nil, toStatus(err)
+			return nil, err
 		}
 	}
 	name, pool, err := d.pool(params.pool)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	if t := req.GetAccessibleTopology(); t != nil && !d.topologyMatches(t) {
 		return &csi.GetCapacityResponse{AvailableCapacity: 0, MaximumVolumeSize: wrapperspb.Int64(0)}, nil
@@ -711,7 +710,7 @@ func (d *Driver) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (
 	}
 	c, err := pool.Capacity(ctx)
 	if err != nil {
-		return nil, toStatus(fmt.Errorf("pool %s: %w", name, err))
+		return nil, fmt.Errorf("pool %s: %w", name, err)
 	}
 	maxVol := c.MaxVolumeBytes
 	if e, ok := pool.(backend.Encrypter); ok && params.encrypt && e.EncryptionMechanism() == "luks2" {
@@ -760,25 +759,25 @@ func (d *Driver) ControllerGetCapabilities(ctx context.Context, _ *csi.Controlle
 // ControllerExpandVolume implements csi.ControllerServer.
 func (d *Driver) ControllerExpandVolume(ctx context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
 	if !d.cfg.ControllerExpansion {
-		return nil, toStatus(fmt.Errorf("controller expansion is off (--controller-expansion=false); NodeExpandVolume expands: %w", errdefs.ErrNotSupported))
+		return nil, fmt.Errorf("controller expansion is off (--controller-expansion=false); NodeExpandVolume expands: %w", errdefs.ErrNotSupported)
 	}
 	if err := requireID("volume_id", req.GetVolumeId()); err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	if req.GetCapacityRange() == nil {
-		return nil, toStatus(invalid("capacity_range is required"))
+		return nil, invalid("capacity_range is required")
 	}
 	if err := checkCapability("volume_capability", req.GetVolumeCapability()); req.GetVolumeCapability() != nil && err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	unlock, err := d.lock(volKey(req.GetVolumeId()))
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	defer unlock()
 	v, size, err := d.expand(ctx, req.GetVolumeId(), req.GetCapacityRange())
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	nodeNeeded := d.needsNodeExpansion(ctx, v)
 	return &csi.ControllerExpandVolumeResponse{CapacityBytes: size, NodeExpansionRequired: nodeNeeded}, nil
@@ -869,11 +868,6 @@ func (d *Driver) needsNodeExpansion(ctx context.Context, v store.Volume) bool {
 
 // CreateSnapshot implements csi.ControllerServer.
 func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
-	resp, err := d.createSnapshot(ctx, req)
-	return resp, toStatus(err)
-}
-
-func (d *Driver) createSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
 	if err := requireString("name", req.GetName()); err != nil {
 		return nil, err
 	}
@@ -977,7 +971,7 @@ func csiSnapshot(s store.Snapshot) *csi.Snapshot {
 
 // DeleteSnapshot implements csi.ControllerServer.
 func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
-	return &csi.DeleteSnapshotResponse{}, toStatus(d.deleteSnapshot(ctx, req.GetSnapshotId()))
+	return &csi.DeleteSnapshotResponse{}, d.deleteSnapshot(ctx, req.GetSnapshotId())
 }
 
 func (d *Driver) deleteSnapshot(ctx context.Context, id string) error {
@@ -1018,10 +1012,10 @@ func (d *Driver) deleteSnapshot(ctx context.Context, id string) error {
 // ListSnapshots implements csi.ControllerServer.
 func (d *Driver) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
 	if req.GetMaxEntries() < 0 {
-		return nil, toStatus(invalid("max_entries must not be negative"))
+		return nil, invalid("max_entries must not be negative")
 	}
 	if t := req.GetStartingToken(); t != "" && !snapshotIDPattern.MatchString(t) {
-		return nil, toStatus(fmt.Errorf("starting_token %q is not one this driver issued: %w", truncate(t), errdefs.ErrAborted))
+		return nil, fmt.Errorf("starting_token %q is not one this driver issued: %w", truncate(t), errdefs.ErrAborted)
 	}
 	resp := &csi.ListSnapshotsResponse{}
 	err := d.store.View(ctx, func(tx *store.Tx) error {
@@ -1065,18 +1059,18 @@ func (d *Driver) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsReques
 			from = next
 		}
 	})
-	return resp, toStatus(err)
+	return resp, err
 }
 
 // GetSnapshot implements csi.ControllerServer.
 func (d *Driver) GetSnapshot(ctx context.Context, req *csi.GetSnapshotRequest) (*csi.GetSnapshotResponse, error) {
 	if err := requireID("snapshot_id", req.GetSnapshotId()); err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	var s store.Snapshot
 	err := d.store.View(ctx, func(tx *store.Tx) (err error) { s, err = tx.Snapshot(req.GetSnapshotId()); return })
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	return &csi.GetSnapshotResponse{Snapshot: csiSnapshot(s)}, nil
 }

@@ -106,9 +106,9 @@ func accessName(c *csi.VolumeCapability) string {
 // and, for mount access, formatted if blank and mounted there.
 func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
 	if err := d.checkNodePath("staging_target_path", req.GetStagingTargetPath()); err != nil && req.GetVolumeId() != "" {
-		return nil, toStatus(err)
+		return nil, err
 	}
-	return &csi.NodeStageVolumeResponse{}, toStatus(d.nodeStage(ctx, req))
+	return &csi.NodeStageVolumeResponse{}, d.nodeStage(ctx, req)
 }
 
 func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest) (retErr error) {
@@ -274,9 +274,9 @@ func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 // volume still exists, so a node can always be cleaned up.
 func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
 	if err := d.checkNodePath("staging_target_path", req.GetStagingTargetPath()); err != nil && req.GetVolumeId() != "" {
-		return nil, toStatus(err)
+		return nil, err
 	}
-	return &csi.NodeUnstageVolumeResponse{}, toStatus(d.nodeUnstage(ctx, req))
+	return &csi.NodeUnstageVolumeResponse{}, d.nodeUnstage(ctx, req)
 }
 
 func (d *Driver) nodeUnstage(ctx context.Context, req *csi.NodeUnstageVolumeRequest) error {
@@ -385,18 +385,18 @@ func (d *Driver) detach(ctx context.Context, volID, dev string) error {
 func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
 	if req.GetVolumeId() != "" {
 		if err := d.checkNodePath("target_path", req.GetTargetPath()); err != nil {
-			return nil, toStatus(err)
+			return nil, err
 		}
 	}
 	if req.GetVolumeContext()[ephemeralContextKey] == "true" {
-		return &csi.NodePublishVolumeResponse{}, toStatus(d.publishEphemeral(ctx, req))
+		return &csi.NodePublishVolumeResponse{}, d.publishEphemeral(ctx, req)
 	}
 	if req.GetVolumeId() != "" && req.GetTargetPath() != "" {
 		if err := d.checkNodePath("staging_target_path", req.GetStagingTargetPath()); err != nil {
-			return nil, toStatus(err)
+			return nil, err
 		}
 	}
-	return &csi.NodePublishVolumeResponse{}, toStatus(d.nodePublish(ctx, req))
+	return &csi.NodePublishVolumeResponse{}, d.nodePublish(ctx, req)
 }
 
 func (d *Driver) validatePublish(req *csi.NodePublishVolumeRequest) error {
@@ -531,10 +531,10 @@ func (d *Driver) nodePublish(ctx context.Context, req *csi.NodePublishVolumeRequ
 func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
 	if req.GetVolumeId() != "" {
 		if err := d.checkNodePath("target_path", req.GetTargetPath()); err != nil {
-			return nil, toStatus(err)
+			return nil, err
 		}
 	}
-	return &csi.NodeUnpublishVolumeResponse{}, toStatus(d.nodeUnpublish(ctx, req))
+	return &csi.NodeUnpublishVolumeResponse{}, d.nodeUnpublish(ctx, req)
 }
 
 func (d *Driver) nodeUnpublish(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) error {
@@ -611,11 +611,6 @@ func (d *Driver) publishedIdentity(ctx context.Context, volID string) (mountIden
 
 // NodeGetVolumeStats implements csi.NodeServer.
 func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
-	resp, err := d.nodeStats(ctx, req)
-	return resp, toStatus(err)
-}
-
-func (d *Driver) nodeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
 	if err := requireID("volume_id", req.GetVolumeId()); err != nil {
 		return nil, err
 	}
@@ -692,11 +687,6 @@ func (d *Driver) usageAt(ctx context.Context, nv nodeVolume, path string) (backe
 // docs/kubernetes.md), it does so here; then it makes the loop device and
 // filesystem see the new size.
 func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
-	resp, err := d.nodeExpand(ctx, req)
-	return resp, toStatus(err)
-}
-
-func (d *Driver) nodeExpand(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
 	if err := requireID("volume_id", req.GetVolumeId()); err != nil {
 		return nil, err
 	}
