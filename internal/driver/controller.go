@@ -147,6 +147,14 @@ func (d *Driver) capacityFor(r *csi.CapacityRange, min int64) (want, limit int64
 	return want, lim, nil
 }
 
+// storeAccess is the store's name for a backend access type.
+func storeAccess(a backend.AccessType) store.AccessType {
+	if a == backend.AccessBlock {
+		return store.AccessBlock
+	}
+	return store.AccessMount
+}
+
 // accessOf returns the access type all capabilities agree on.
 func accessOf(caps []*csi.VolumeCapability) (backend.AccessType, string, error) {
 	var at backend.AccessType
@@ -388,7 +396,7 @@ func (d *Driver) executeCreate(ctx context.Context, req *csi.CreateVolumeRequest
 	}
 	defer unlockEnc()
 	rec := store.Volume{
-		ID: id, Name: req.GetName(), Pool: p.poolName, AccessType: p.access.String(),
+		ID: id, Name: req.GetName(), Pool: p.poolName, AccessType: storeAccess(p.access),
 		FsType: p.fsType, MkfsOptions: p.mkfsOptions, Parameters: req.GetParameters(),
 		SourceSnapshotID: p.src.SnapshotID, SourceVolumeID: p.src.VolumeID,
 		Ephemeral: p.ephemeral, CreatedAt: time.Now().UTC(), KeyID: keyID,
@@ -443,7 +451,7 @@ func compatible(v store.Volume, pool string, access backend.AccessType, req *csi
 	switch {
 	case v.Pool != pool:
 		why = fmt.Sprintf("it is in pool %q", v.Pool)
-	case v.AccessType != access.String():
+	case v.AccessType != storeAccess(access):
 		why = fmt.Sprintf("it has %s access", v.AccessType)
 	case r.GetRequiredBytes() > v.CapacityBytes:
 		why = fmt.Sprintf("it has %d bytes, fewer than the %d required", v.CapacityBytes, r.GetRequiredBytes())
@@ -678,7 +686,7 @@ func (d *Driver) ValidateVolumeCapabilities(ctx context.Context, req *csi.Valida
 		return &csi.ValidateVolumeCapabilitiesResponse{Message: err.Error()}, nil
 	}
 	access, _, err := accessOf(req.GetVolumeCapabilities())
-	if err != nil || access.String() != v.AccessType {
+	if err != nil || storeAccess(access) != v.AccessType {
 		return &csi.ValidateVolumeCapabilitiesResponse{Message: fmt.Sprintf("volume %s has %s access", v.ID, v.AccessType)}, nil
 	}
 	return &csi.ValidateVolumeCapabilitiesResponse{Confirmed: &csi.ValidateVolumeCapabilitiesResponse_Confirmed{
@@ -941,7 +949,7 @@ func (d *Driver) needsNodeExpansion(ctx context.Context, v store.Volume) bool {
 	case backend.SourceImageFile:
 		return true
 	case backend.SourceBlockDevice:
-		return v.AccessType == backend.AccessMount.String() || src.LUKS
+		return v.AccessType == store.AccessMount || src.LUKS
 	}
 	return false
 }

@@ -94,11 +94,12 @@ func (nv nodeVolume) checkAccess(c *csi.VolumeCapability) error {
 	return nil
 }
 
-func accessName(c *csi.VolumeCapability) string {
+// accessName is the access type c asks for, as the store names it.
+func accessName(c *csi.VolumeCapability) store.AccessType {
 	if c.GetBlock() != nil {
-		return backend.AccessBlock.String()
+		return store.AccessBlock
 	}
-	return backend.AccessMount.String()
+	return store.AccessMount
 }
 
 // NodeStageVolume implements csi.NodeServer. Directory volumes are bind
@@ -822,7 +823,7 @@ func (d *Driver) checkExpandPath(ctx context.Context, nv nodeVolume, c *csi.Volu
 	if st.mounted && st.ours {
 		return nil
 	}
-	block := c.GetBlock() != nil || (nv.rec != nil && nv.rec.AccessType == backend.AccessBlock.String())
+	block := c.GetBlock() != nil || (nv.rec != nil && nv.rec.AccessType == store.AccessBlock)
 	if block && st.exists && nv.src.Kind == backend.SourceBlockDevice {
 		return nil // the device is there whenever the LV is active
 	}
@@ -874,7 +875,7 @@ func (d *Driver) growImageOnNode(ctx context.Context, nv nodeVolume, path string
 // filesystem, if the workload made one on its raw device, is the
 // workload's to grow.
 func (d *Driver) filesystemMountedAt(ctx context.Context, nv nodeVolume, path string) (bool, error) {
-	if nv.rec != nil && nv.rec.AccessType == backend.AccessBlock.String() {
+	if nv.rec != nil && nv.rec.AccessType == store.AccessBlock {
 		return false, nil
 	}
 	id, err := d.identityOf(ctx, nv.src)
