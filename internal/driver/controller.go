@@ -147,6 +147,14 @@ func (d *Driver) capacityFor(r *csi.CapacityRange, min int64) (want, limit int64
 	return want, lim, nil
 }
 
+// storeAccess is the store's name for a backend access type.
+func storeAccess(a backend.AccessType) store.AccessType {
+	if a == backend.AccessBlock {
+		return store.AccessBlock
+	}
+	return store.AccessMount
+}
+
 // accessOf returns the access type all capabilities agree on.
 func accessOf(caps []*csi.VolumeCapability) (backend.AccessType, string, error) {
 	var at backend.AccessType
@@ -172,115 +180,152 @@ func accessOf(caps []*csi.VolumeCapability) (backend.AccessType, string, error) 
 
 // CreateVolume implements csi.ControllerServer.
 func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
-	resp, err := d.createVolume(ctx, req, false)
-	return resp, toStatus(err)
+	return d.createVolume(ctx, req, false)
 }
 
+// createVolume is CreateVolume in three steps: checkCreate validates the
+// request alone; planCreate, under the name lock, decides everything
+// (pool, size, whether the name already answers) without changing
+// anything; executeCreate makes the volume. Ephemeral volumes come here
+// too, with ephemeral set.
 func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest, ephemeral bool) (*csi.CreateVolumeResponse, error) {
-	if err := requireString("name", req.GetName()); err != nil {
-		return nil, err
-	}
-	if err := checkCapabilities("volume_capabilities", req.GetVolumeCapabilities()); err != nil {
-		return nil, err
-	}
-	params, err := parseCreateParams(req.GetParameters())
+	args, err := d.checkCreate(req)
 	if err != nil {
 		return nil, err
 	}
-	if err := checkMap("mutable_parameters", req.GetMutableParameters()); err != nil {
-		return nil, err
-	}
-	if len(req.GetMutableParameters()) > 0 {
-		return nil, invalid("mutable_parameters are not supported")
-	}
-	access, fsType, err := accessOf(req.GetVolumeCapabilities())
-	if err != nil {
-		return nil, err
-	}
-	if fsType == "" {
-		fsType = params.fsType
-	}
-	if access == backend.AccessBlock && fsType != "" && params.fsType == "" {
-		return nil, invalid("fs_type %q makes no sense for block access", fsType)
-	}
-	if err := d.checkRequisite(req.GetAccessibilityRequirements()); err != nil {
-		return nil, err
-	}
-	var secret []byte
-	if params.encrypt {
-		if secret, err = passphrase(req.GetSecrets()); err != nil {
-			return nil, err
-		}
-	}
-	if params.mkfsOptions != "" {
-		if access == backend.AccessBlock {
-			return nil, invalid("parameters.%s: a block volume is not formatted", ParamMkfsOptions)
-		}
-		args, err := mkfsopts.Parse(firstNonEmpty(fsType, "ext4"), params.mkfsOptions)
-		if err != nil {
-			return nil, fmt.Errorf("parameters.%w", err)
-		}
-		params.mkfsOptions = strings.Join(args, " ")
-	}
-
 	unlock, err := d.lock("name/" + req.GetName())
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-
 	src, srcPool, srcSize, unlockSrc, err := d.contentSource(ctx, req.GetVolumeContentSource())
 	if err != nil {
 		return nil, err
 	}
 	defer unlockSrc()
-	if srcEncrypted, _, err := d.sourceEncryption(ctx, src); err != nil {
-		return nil, err
-	} else if srcEncrypted && !params.encrypt {
-		return nil, invalid("volume_content_source is encrypted; a volume made from it must set parameters.%s: true", ParamEncryption)
-	}
-	if params.pool == "" && srcPool != "" {
-		params.pool = srcPool
-	}
-	poolName, pool, err := d.pool(params.pool)
+	plan, err := d.planCreate(ctx, req, args, src, srcPool, srcSize)
 	if err != nil {
 		return nil, err
 	}
-	if params.mkfsOptions != "" && !formatsVolumes(pool) {
-		return nil, invalid("parameters.%s: pool %q (%s) keeps volumes as directories and formats nothing", ParamMkfsOptions, poolName, pool.Type())
+	if plan.existing != nil {
+		return &csi.CreateVolumeResponse{Volume: d.csiVolume(ctx, *plan.existing)}, nil
 	}
-	if err := checkPoolMountFlags(pool, fsType, req.GetVolumeCapabilities()); err != nil {
-		return nil, err
+	plan.ephemeral = ephemeral
+	return d.executeCreate(ctx, req, plan)
+}
+
+// createArgs is what a CreateVolumeRequest asks for, checked on its own.
+type createArgs struct {
+	params createParams
+	access backend.AccessType
+	fsType string
+	secret []byte // the encryption passphrase; never logged
+}
+
+// checkCreate validates a CreateVolumeRequest by itself: no lock, store or
+// pool is consulted, so a malformed request costs nothing.
+func (d *Driver) checkCreate(req *csi.CreateVolumeRequest) (createArgs, error) {
+	var a createArgs
+	if err := requireString("name", req.GetName()); err != nil {
+		return a, err
 	}
+	if err := checkCapabilities("volume_capabilities", req.GetVolumeCapabilities()); err != nil {
+		return a, err
+	}
+	params, err := parseCreateParams(req.GetParameters())
+	if err != nil {
+		return a, err
+	}
+	if err := checkMap("mutable_parameters", req.GetMutableParameters()); err != nil {
+		return a, err
+	}
+	if len(req.GetMutableParameters()) > 0 {
+		return a, invalid("mutable_parameters are not supported")
+	}
+	access, fsType, err := accessOf(req.GetVolumeCapabilities())
+	if err != nil {
+		return a, err
+	}
+	if fsType == "" {
+		fsType = params.fsType
+	}
+	if access == backend.AccessBlock && fsType != "" && params.fsType == "" {
+		return a, invalid("fs_type %q makes no sense for block access", fsType)
+	}
+	if err := d.checkRequisite(req.GetAccessibilityRequirements()); err != nil {
+		return a, err
+	}
+	var secret []byte
 	if params.encrypt {
-		if err := checkCanEncrypt(ctx, poolName, pool); err != nil {
-			return nil, err
+		if secret, err = passphrase(req.GetSecrets()); err != nil {
+			return a, err
 		}
+	}
+	if params.mkfsOptions != "" {
+		if access == backend.AccessBlock {
+			return a, invalid("parameters.%s: a block volume is not formatted", ParamMkfsOptions)
+		}
+		args, err := mkfsopts.Parse(firstNonEmpty(fsType, "ext4"), params.mkfsOptions)
+		if err != nil {
+			return a, fmt.Errorf("parameters.%w", err)
+		}
+		params.mkfsOptions = strings.Join(args, " ")
+	}
+	return createArgs{params: params, access: access, fsType: fsType, secret: secret}, nil
+}
+
+// createPlan is planCreate's decision. Either existing is set (the name
+// already answers the request: return it) or the rest says what to make.
+type createPlan struct {
+	existing *store.Volume
+
+	poolName    string
+	pool        backend.Backend
+	access      backend.AccessType
+	fsType      string
+	mkfsOptions string
+	encrypt     bool
+	secret      []byte
+	src         backend.ContentSource
+	want, limit int64 // bytes to ask the pool for, and the request's limit
+	ephemeral   bool
+}
+
+// planCreate decides a create: the pool, whether the pool can serve the
+// request, the size, and whether the name already answers it. It only
+// reads (the store, the pool's capacity); the caller holds the name lock
+// and the source's lock, so the decision holds until executeCreate.
+func (d *Driver) planCreate(ctx context.Context, req *csi.CreateVolumeRequest, a createArgs, src backend.ContentSource, srcPool string, srcSize int64) (createPlan, error) {
+	p := createPlan{access: a.access, fsType: a.fsType, mkfsOptions: a.params.mkfsOptions, encrypt: a.params.encrypt, secret: a.secret, src: src}
+	if srcEncrypted, _, err := d.sourceEncryption(ctx, src); err != nil {
+		return p, err
+	} else if srcEncrypted && !a.params.encrypt {
+		return p, invalid("volume_content_source is encrypted; a volume made from it must set parameters.%s: true", ParamEncryption)
+	}
+	want := a.params.pool
+	if want == "" {
+		want = srcPool
+	}
+	poolName, pool, err := d.pool(want)
+	if err != nil {
+		return p, err
+	}
+	p.poolName, p.pool = poolName, pool
+	if err := checkPoolFits(ctx, poolName, pool, a, req.GetVolumeCapabilities()); err != nil {
+		return p, err
 	}
 	if srcPool != "" && srcPool != poolName {
-		return nil, invalid("volume_content_source is in pool %q; a volume made from it must be in the same pool, not %q", srcPool, poolName)
+		return p, invalid("volume_content_source is in pool %q; a volume made from it must be in the same pool, not %q", srcPool, poolName)
 	}
-	if r := req.GetCapacityRange().GetRequiredBytes(); r > 0 && r < srcSize {
-		return nil, fmt.Errorf("capacity_range.required_bytes %d is smaller than the source's %d bytes: %w", r, srcSize, errdefs.ErrOutOfRange)
-	}
-	minBytes := srcSize
-	if fsMin := imageFsMinimum(pool, access, fsType); fsMin > 0 {
-		if lim := req.GetCapacityRange().GetLimitBytes(); lim > 0 && lim < fsMin {
-			return nil, fmt.Errorf("capacity_range.limit_bytes %d is below the %d bytes mkfs needs for %s in an image volume: %w", lim, fsMin, fsType, errdefs.ErrOutOfRange)
-		}
-		minBytes = max(minBytes, fsMin)
-	}
-	want, limit, err := d.capacityFor(req.GetCapacityRange(), minBytes)
-	if err != nil {
-		return nil, err
+	if p.want, p.limit, err = d.sizeFor(req.GetCapacityRange(), pool, a, srcSize); err != nil {
+		return p, err
 	}
 
 	// Idempotency: the same name returns the same volume if compatible.
-	var existing *store.Volume
 	err = d.store.View(ctx, func(tx *store.Tx) error {
 		v, err := tx.VolumeByName(req.GetName())
 		if err == nil {
-			existing = &v
+			p.existing = &v
 			return nil
 		}
 		if errdefs.Is(err, errdefs.ErrNotFound) {
@@ -289,71 +334,113 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest,
 		return err
 	})
 	if err != nil {
-		return nil, err
+		return p, err
 	}
-	if existing != nil {
-		if err := compatible(*existing, poolName, access, req, src); err != nil {
-			return nil, err
-		}
-		return &csi.CreateVolumeResponse{Volume: d.csiVolume(ctx, *existing)}, nil
+	if p.existing != nil {
+		return p, compatible(*p.existing, poolName, a.access, req, src)
 	}
 
 	capy, err := pool.Capacity(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("pool %s: %w", poolName, err)
+		return p, fmt.Errorf("pool %s: %w", poolName, err)
 	}
-	if want > capy.MaxVolumeBytes {
-		return nil, fmt.Errorf("pool %s has room for %d bytes, %d requested: %w", poolName, capy.MaxVolumeBytes, want, errdefs.ErrResourceExhausted)
+	if p.want > capy.MaxVolumeBytes {
+		return p, fmt.Errorf("pool %s has room for %d bytes, %d requested: %w", poolName, capy.MaxVolumeBytes, p.want, errdefs.ErrResourceExhausted)
 	}
+	return p, nil
+}
 
+// checkPoolFits refuses what the chosen pool cannot do for the request:
+// mkfs options on a pool that formats nothing, mount flags it cannot
+// honour, encryption it cannot provide.
+func checkPoolFits(ctx context.Context, poolName string, pool backend.Backend, a createArgs, caps []*csi.VolumeCapability) error {
+	if a.params.mkfsOptions != "" && !formatsVolumes(pool) {
+		return invalid("parameters.%s: pool %q (%s) keeps volumes as directories and formats nothing", ParamMkfsOptions, poolName, pool.Type())
+	}
+	if err := checkPoolMountFlags(pool, a.fsType, caps); err != nil {
+		return err
+	}
+	if a.params.encrypt {
+		return checkCanEncrypt(ctx, poolName, pool)
+	}
+	return nil
+}
+
+// sizeFor is the size to create: the capacity range applied over the
+// least the volume can be (its source's size, and for a formatted image
+// what mkfs needs).
+func (d *Driver) sizeFor(r *csi.CapacityRange, pool backend.Backend, a createArgs, srcSize int64) (want, limit int64, err error) {
+	if req := r.GetRequiredBytes(); req > 0 && req < srcSize {
+		return 0, 0, fmt.Errorf("capacity_range.required_bytes %d is smaller than the source's %d bytes: %w", req, srcSize, errdefs.ErrOutOfRange)
+	}
+	minBytes := srcSize
+	if fsMin := imageFsMinimum(pool, a.access, a.fsType); fsMin > 0 {
+		if lim := r.GetLimitBytes(); lim > 0 && lim < fsMin {
+			return 0, 0, fmt.Errorf("capacity_range.limit_bytes %d is below the %d bytes mkfs needs for %s in an image volume: %w", lim, fsMin, a.fsType, errdefs.ErrOutOfRange)
+		}
+		minBytes = max(minBytes, fsMin)
+	}
+	return d.capacityFor(r, minBytes)
+}
+
+// executeCreate makes the volume plan describes: a new ID, its encryption
+// key, then the pool's staged create, whose commit writes the record.
+func (d *Driver) executeCreate(ctx context.Context, req *csi.CreateVolumeRequest, p createPlan) (*csi.CreateVolumeResponse, error) {
 	var id string
 	if err := d.store.View(ctx, func(tx *store.Tx) (err error) { id, err = tx.NewID(store.VolumePrefix); return }); err != nil {
 		return nil, err
 	}
-	enc, keyID, unlockEnc, err := d.encryptionFor(ctx, pool, params.encrypt, secret, id, src)
+	enc, keyID, unlockEnc, err := d.encryptionFor(ctx, p.pool, p.encrypt, p.secret, id, p.src)
 	if err != nil {
 		return nil, err
 	}
 	defer unlockEnc()
 	rec := store.Volume{
-		ID: id, Name: req.GetName(), Pool: poolName, AccessType: access.String(),
-		FsType: fsType, MkfsOptions: params.mkfsOptions, Parameters: req.GetParameters(),
-		SourceSnapshotID: src.SnapshotID, SourceVolumeID: src.VolumeID,
-		Ephemeral: ephemeral, CreatedAt: time.Now().UTC(), KeyID: keyID,
+		ID: id, Name: req.GetName(), Pool: p.poolName, AccessType: storeAccess(p.access),
+		FsType: p.fsType, MkfsOptions: p.mkfsOptions, Parameters: req.GetParameters(),
+		SourceSnapshotID: p.src.SnapshotID, SourceVolumeID: p.src.VolumeID,
+		Ephemeral: p.ephemeral, CreatedAt: time.Now().UTC(), KeyID: keyID,
 	}
 	if enc != nil {
-		rec.Encryption = pool.(backend.Encrypter).EncryptionMechanism()
+		rec.Encryption = p.pool.(backend.Encrypter).EncryptionMechanism()
 	}
-	spec := backend.Spec{CapacityBytes: want, LimitBytes: limit, AccessType: access, Encryption: enc}
+	spec := backend.Spec{CapacityBytes: p.want, LimitBytes: p.limit, AccessType: p.access, Encryption: enc}
 	commit := func(v backend.Volume) error {
 		rec.CapacityBytes = v.CapacityBytes
 		return d.store.Update(ctx, func(tx *store.Tx) error { return tx.PutVolume(rec) })
 	}
-	if src != (backend.ContentSource{}) {
-		cc, ok := pool.(backend.ContentCreator)
-		if !ok {
-			return nil, fmt.Errorf("pool %s (%s) cannot create volumes from content: %w", poolName, pool.Type(), errdefs.ErrInvalidArgument)
-		}
-		// A clone of a staged image volume must be as consistent as a
-		// snapshot of it: freeze its filesystem for the copy.
-		thaw := func() error { return nil }
-		if src.VolumeID != "" {
-			if thaw, err = d.freezeForSnapshot(ctx, store.Volume{ID: src.VolumeID, Pool: poolName}); err != nil {
-				return nil, err
-			}
-		}
-		_, err = cc.CreateVolumeFrom(ctx, id, spec, src, commit)
-		if thawErr := thaw(); thawErr != nil {
-			d.log.Error("thaw after clone", "volume", src.VolumeID, "err", thawErr)
-		}
-	} else {
-		_, err = pool.CreateVolume(ctx, id, spec, commit)
-	}
-	if err != nil {
+	if err := d.createInPool(ctx, id, p, spec, commit); err != nil {
 		return nil, err
 	}
-	d.log.Info("volume created", "volume", id, "name", req.GetName(), "pool", poolName, "bytes", rec.CapacityBytes)
+	d.log.Info("volume created", "volume", id, "name", req.GetName(), "pool", p.poolName, "bytes", rec.CapacityBytes)
 	return &csi.CreateVolumeResponse{Volume: d.csiVolume(ctx, rec)}, nil
+}
+
+// createInPool calls the pool's create, from content when there is a
+// source.
+func (d *Driver) createInPool(ctx context.Context, id string, p createPlan, spec backend.Spec, commit func(backend.Volume) error) error {
+	if p.src == (backend.ContentSource{}) {
+		_, err := p.pool.CreateVolume(ctx, id, spec, commit)
+		return err
+	}
+	cc, ok := p.pool.(backend.ContentCreator)
+	if !ok {
+		return fmt.Errorf("pool %s (%s) cannot create volumes from content: %w", p.poolName, p.pool.Type(), errdefs.ErrInvalidArgument)
+	}
+	// A clone of a staged image volume must be as consistent as a
+	// snapshot of it: freeze its filesystem for the copy.
+	thaw := func() error { return nil }
+	if p.src.VolumeID != "" {
+		var err error
+		if thaw, err = d.freezeForSnapshot(ctx, store.Volume{ID: p.src.VolumeID, Pool: p.poolName}); err != nil {
+			return err
+		}
+	}
+	_, err := cc.CreateVolumeFrom(ctx, id, spec, p.src, commit)
+	if thawErr := thaw(); thawErr != nil {
+		d.log.Error("thaw after clone", "volume", p.src.VolumeID, "err", thawErr)
+	}
+	return err
 }
 
 // compatible decides whether an existing volume satisfies a repeated
@@ -364,7 +451,7 @@ func compatible(v store.Volume, pool string, access backend.AccessType, req *csi
 	switch {
 	case v.Pool != pool:
 		why = fmt.Sprintf("it is in pool %q", v.Pool)
-	case v.AccessType != access.String():
+	case v.AccessType != storeAccess(access):
 		why = fmt.Sprintf("it has %s access", v.AccessType)
 	case r.GetRequiredBytes() > v.CapacityBytes:
 		why = fmt.Sprintf("it has %d bytes, fewer than the %d required", v.CapacityBytes, r.GetRequiredBytes())
@@ -493,7 +580,7 @@ func (d *Driver) volumeMessage(v store.Volume, enforced *bool) *csi.Volume {
 
 // DeleteVolume implements csi.ControllerServer.
 func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
-	return &csi.DeleteVolumeResponse{}, toStatus(d.deleteVolume(ctx, req.GetVolumeId()))
+	return &csi.DeleteVolumeResponse{}, d.deleteVolume(ctx, req.GetVolumeId())
 }
 
 func (d *Driver) deleteVolume(ctx context.Context, id string) error {
@@ -580,26 +667,26 @@ func (d *Driver) volumeRecord(ctx context.Context, id string) (store.Volume, err
 // ValidateVolumeCapabilities implements csi.ControllerServer.
 func (d *Driver) ValidateVolumeCapabilities(ctx context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
 	if err := requireID("volume_id", req.GetVolumeId()); err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	if len(req.GetVolumeCapabilities()) == 0 {
-		return nil, toStatus(invalid("volume_capabilities is required"))
+		return nil, invalid("volume_capabilities is required")
 	}
 	if err := checkMap("volume_context", req.GetVolumeContext()); err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	if err := checkMap("parameters", req.GetParameters()); err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	v, err := d.volumeRecord(ctx, req.GetVolumeId())
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	if err := checkCapabilities("volume_capabilities", req.GetVolumeCapabilities()); err != nil {
 		return &csi.ValidateVolumeCapabilitiesResponse{Message: err.Error()}, nil
 	}
 	access, _, err := accessOf(req.GetVolumeCapabilities())
-	if err != nil || access.String() != v.AccessType {
+	if err != nil || storeAccess(access) != v.AccessType {
 		return &csi.ValidateVolumeCapabilitiesResponse{Message: fmt.Sprintf("volume %s has %s access", v.ID, v.AccessType)}, nil
 	}
 	return &csi.ValidateVolumeCapabilitiesResponse{Confirmed: &csi.ValidateVolumeCapabilitiesResponse_Confirmed{
@@ -617,10 +704,10 @@ func (d *Driver) ValidateVolumeCapabilities(ctx context.Context, req *csi.Valida
 // volumes plus the node's mounts.
 func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
 	if req.GetMaxEntries() < 0 {
-		return nil, toStatus(invalid("max_entries must not be negative"))
+		return nil, invalid("max_entries must not be negative")
 	}
 	if t := req.GetStartingToken(); t != "" && !volumeIDPattern.MatchString(t) {
-		return nil, toStatus(fmt.Errorf("starting_token %q is not one this driver issued: %w", truncate(t), errdefs.ErrAborted))
+		return nil, fmt.Errorf("starting_token %q is not one this driver issued: %w", truncate(t), errdefs.ErrAborted)
 	}
 	var vols []store.ListedVolume
 	var next string
@@ -629,14 +716,14 @@ func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (
 		return
 	})
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	lv := d.newListView()
 	resp := &csi.ListVolumesResponse{NextToken: next, Entries: make([]*csi.ListVolumesResponse_Entry, 0, len(vols))}
 	used := 0
 	for i, lvol := range vols {
 		if err := ctx.Err(); err != nil {
-			return nil, toStatus(err)
+			return nil, err
 		}
 		v := lvol.Volume
 		n := lv.sizeBound(lvol.RecordBytes)
@@ -673,11 +760,11 @@ func (d *Driver) publishedNodes(ctx context.Context, v store.Volume) []string {
 // ControllerGetVolume implements csi.ControllerServer.
 func (d *Driver) ControllerGetVolume(ctx context.Context, req *csi.ControllerGetVolumeRequest) (*csi.ControllerGetVolumeResponse, error) {
 	if err := requireID("volume_id", req.GetVolumeId()); err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	v, err := d.volumeRecord(ctx, req.GetVolumeId())
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	return &csi.ControllerGetVolumeResponse{
 		Volume: d.csiVolume(ctx, v),
@@ -690,16 +777,16 @@ func (d *Driver) ControllerGetVolume(ctx context.Context, req *csi.ControllerGet
 func (d *Driver) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
 	params, err := parseCreateParams(req.GetParameters())
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	for i, c := range req.GetVolumeCapabilities() {
 		if err := checkCapability(fmt.Sprintf("volume_capabilities[%d]", i), c); err != nil {
-			return nil, toStatus(err)
+			return nil, err
 		}
 	}
 	name, pool, err := d.pool(params.pool)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	if t := req.GetAccessibleTopology(); t != nil && !d.topologyMatches(t) {
 		return &csi.GetCapacityResponse{AvailableCapacity: 0, MaximumVolumeSize: wrapperspb.Int64(0)}, nil
@@ -711,7 +798,7 @@ func (d *Driver) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (
 	}
 	c, err := pool.Capacity(ctx)
 	if err != nil {
-		return nil, toStatus(fmt.Errorf("pool %s: %w", name, err))
+		return nil, fmt.Errorf("pool %s: %w", name, err)
 	}
 	maxVol := c.MaxVolumeBytes
 	if e, ok := pool.(backend.Encrypter); ok && params.encrypt && e.EncryptionMechanism() == "luks2" {
@@ -760,25 +847,25 @@ func (d *Driver) ControllerGetCapabilities(ctx context.Context, _ *csi.Controlle
 // ControllerExpandVolume implements csi.ControllerServer.
 func (d *Driver) ControllerExpandVolume(ctx context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
 	if !d.cfg.ControllerExpansion {
-		return nil, toStatus(fmt.Errorf("controller expansion is off (--controller-expansion=false); NodeExpandVolume expands: %w", errdefs.ErrNotSupported))
+		return nil, fmt.Errorf("controller expansion is off (--controller-expansion=false); NodeExpandVolume expands: %w", errdefs.ErrNotSupported)
 	}
 	if err := requireID("volume_id", req.GetVolumeId()); err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	if req.GetCapacityRange() == nil {
-		return nil, toStatus(invalid("capacity_range is required"))
+		return nil, invalid("capacity_range is required")
 	}
 	if err := checkCapability("volume_capability", req.GetVolumeCapability()); req.GetVolumeCapability() != nil && err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	unlock, err := d.lock(volKey(req.GetVolumeId()))
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	defer unlock()
 	v, size, err := d.expand(ctx, req.GetVolumeId(), req.GetCapacityRange())
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	nodeNeeded := d.needsNodeExpansion(ctx, v)
 	return &csi.ControllerExpandVolumeResponse{CapacityBytes: size, NodeExpansionRequired: nodeNeeded}, nil
@@ -862,18 +949,13 @@ func (d *Driver) needsNodeExpansion(ctx context.Context, v store.Volume) bool {
 	case backend.SourceImageFile:
 		return true
 	case backend.SourceBlockDevice:
-		return v.AccessType == backend.AccessMount.String() || src.LUKS
+		return v.AccessType == store.AccessMount || src.LUKS
 	}
 	return false
 }
 
 // CreateSnapshot implements csi.ControllerServer.
 func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
-	resp, err := d.createSnapshot(ctx, req)
-	return resp, toStatus(err)
-}
-
-func (d *Driver) createSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
 	if err := requireString("name", req.GetName()); err != nil {
 		return nil, err
 	}
@@ -977,7 +1059,7 @@ func csiSnapshot(s store.Snapshot) *csi.Snapshot {
 
 // DeleteSnapshot implements csi.ControllerServer.
 func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
-	return &csi.DeleteSnapshotResponse{}, toStatus(d.deleteSnapshot(ctx, req.GetSnapshotId()))
+	return &csi.DeleteSnapshotResponse{}, d.deleteSnapshot(ctx, req.GetSnapshotId())
 }
 
 func (d *Driver) deleteSnapshot(ctx context.Context, id string) error {
@@ -1018,10 +1100,10 @@ func (d *Driver) deleteSnapshot(ctx context.Context, id string) error {
 // ListSnapshots implements csi.ControllerServer.
 func (d *Driver) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
 	if req.GetMaxEntries() < 0 {
-		return nil, toStatus(invalid("max_entries must not be negative"))
+		return nil, invalid("max_entries must not be negative")
 	}
 	if t := req.GetStartingToken(); t != "" && !snapshotIDPattern.MatchString(t) {
-		return nil, toStatus(fmt.Errorf("starting_token %q is not one this driver issued: %w", truncate(t), errdefs.ErrAborted))
+		return nil, fmt.Errorf("starting_token %q is not one this driver issued: %w", truncate(t), errdefs.ErrAborted)
 	}
 	resp := &csi.ListSnapshotsResponse{}
 	err := d.store.View(ctx, func(tx *store.Tx) error {
@@ -1065,18 +1147,18 @@ func (d *Driver) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsReques
 			from = next
 		}
 	})
-	return resp, toStatus(err)
+	return resp, err
 }
 
 // GetSnapshot implements csi.ControllerServer.
 func (d *Driver) GetSnapshot(ctx context.Context, req *csi.GetSnapshotRequest) (*csi.GetSnapshotResponse, error) {
 	if err := requireID("snapshot_id", req.GetSnapshotId()); err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	var s store.Snapshot
 	err := d.store.View(ctx, func(tx *store.Tx) (err error) { s, err = tx.Snapshot(req.GetSnapshotId()); return })
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	return &csi.GetSnapshotResponse{Snapshot: csiSnapshot(s)}, nil
 }

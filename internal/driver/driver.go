@@ -2,7 +2,7 @@
 // Node. It validates requests, takes per-volume locks, runs the metadata
 // transactions and the node's mount work, and is the only package that
 // knows gRPC codes: errors from below arrive classed (internal/errdefs) and
-// become codes in toStatus.
+// become codes in one place, the mapErrors interceptor (server.go).
 package driver
 
 import (

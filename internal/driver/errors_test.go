@@ -108,3 +108,6 @@ func TestEveryClassMapped(t *testing.T) {
 		t.Errorf("classCodes has %d entries, errdefs has %d classes", len(classCodes), len(classes))
 	}
 }
+
+// codeOf is the gRPC code toStatus gives err.
+func codeOf(err error) codes.Code { return status.Code(toStatus(err)) }

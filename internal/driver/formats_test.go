@@ -46,7 +46,7 @@ func TestMkfsOptionsFollowFormatting(t *testing.T) {
 			}
 			continue
 		}
-		if status.Code(err) != tc.code || !strings.Contains(err.Error(), tc.msg) {
+		if status.Code(atEdge(err)) != tc.code || !strings.Contains(err.Error(), tc.msg) {
 			t.Errorf("pool %s: CreateVolume = %v, want %v saying %q", tc.pool, err, tc.code, tc.msg)
 		}
 	}

@@ -62,6 +62,7 @@ func assertClass(t *testing.T, what string, err error, classes ...error) {
 // details list, and a message that is valid UTF-8.
 func assertCode(t *testing.T, what string, err error, want ...codes.Code) {
 	t.Helper()
+	err = atEdge(err)
 	st, ok := status.FromError(err)
 	if !ok {
 		t.Fatalf("%s: %v is not a status error", what, err)
@@ -291,7 +292,7 @@ func FuzzNodePublishRequest(f *testing.F) {
 			return
 		}
 		assertCode(t, "NodePublishVolume", err, codes.InvalidArgument, codes.NotFound)
-		if status.Code(err) == codes.NotFound {
+		if status.Code(atEdge(err)) == codes.NotFound {
 			assertSafeID(t, "volume_id", id)
 			assertSafePath(t, "target_path", target)
 			assertSafePath(t, "staging_target_path", staging)

@@ -72,11 +72,11 @@ func (d *Driver) dataHealth(ctx context.Context, pool backend.Backend, id string
 // ControllerGetVolumeHealth implements csi.ControllerServer.
 func (d *Driver) ControllerGetVolumeHealth(ctx context.Context, req *csi.ControllerGetVolumeHealthRequest) (*csi.ControllerGetVolumeHealthResponse, error) {
 	if err := requireID("volume_id", req.GetVolumeId()); err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	v, err := d.volumeRecord(ctx, req.GetVolumeId())
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	return &csi.ControllerGetVolumeHealthResponse{VolumeHealth: d.volumeHealth(ctx, v)}, nil
 }
@@ -85,10 +85,10 @@ func (d *Driver) ControllerGetVolumeHealth(ctx context.Context, req *csi.Control
 // abnormal volumes are listed, as the spec asks.
 func (d *Driver) ControllerListVolumeHealth(ctx context.Context, req *csi.ControllerListVolumeHealthRequest) (*csi.ControllerListVolumeHealthResponse, error) {
 	if req.GetMaxEntries() < 0 {
-		return nil, toStatus(invalid("max_entries must not be negative"))
+		return nil, invalid("max_entries must not be negative")
 	}
 	if t := req.GetStartingToken(); t != "" && !volumeIDPattern.MatchString(t) {
-		return nil, toStatus(fmt.Errorf("starting_token %q is not one this driver issued: %w", truncate(t), errdefs.ErrAborted))
+		return nil, fmt.Errorf("starting_token %q is not one this driver issued: %w", truncate(t), errdefs.ErrAborted)
 	}
 	// Records are read a chunk at a time, each in its own read
 	// transaction, and checked outside it: a node of 100,000 volumes is
@@ -104,11 +104,11 @@ func (d *Driver) ControllerListVolumeHealth(ctx context.Context, req *csi.Contro
 		var vols []store.Volume
 		var next string
 		if err := d.store.View(ctx, func(tx *store.Tx) (err error) { vols, next, err = tx.Volumes(from, chunk); return }); err != nil {
-			return nil, toStatus(err)
+			return nil, err
 		}
 		for _, v := range vols {
 			if err := ctx.Err(); err != nil {
-				return nil, toStatus(err)
+				return nil, err
 			}
 			h := d.volumeHealth(ctx, v)
 			if len(h.HealthStatuses) == 0 {
@@ -132,7 +132,7 @@ func (d *Driver) ControllerListVolumeHealth(ctx context.Context, req *csi.Contro
 // NodeGetVolumeHealth implements csi.NodeServer.
 func (d *Driver) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
 	if err := requireID("volume_id", req.GetVolumeId()); err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	nv, err := d.findVolume(ctx, req.GetVolumeId(), nil)
 	if d.store != nil && (errdefs.Is(err, errdefs.ErrNotFound) || errdefs.Is(err, errdefs.ErrUnavailable)) {
@@ -143,21 +143,21 @@ func (d *Driver) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolume
 		}
 	}
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	h := &csi.VolumeHealth{VolumeId: nv.id}
 	h.HealthStatuses = append(h.HealthStatuses, d.dataHealth(ctx, nv.b, nv.id, &nv.src)...)
 	if p := req.GetVolumePublishPath(); p != "" {
 		if err := requirePath("volume_publish_path", p); err != nil {
-			return nil, toStatus(err)
+			return nil, err
 		}
 		id, err := d.identityOf(ctx, nv.src)
 		if err != nil {
-			return nil, toStatus(err)
+			return nil, err
 		}
 		st, err := d.inspect(p, id)
 		if err != nil {
-			return nil, toStatus(err)
+			return nil, err
 		}
 		if !st.mounted || !st.ours {
 			h.HealthStatuses = append(h.HealthStatuses, healthEntry(csi.VolumeHealthErrorType_DEGRADED,

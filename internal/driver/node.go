@@ -94,11 +94,12 @@ func (nv nodeVolume) checkAccess(c *csi.VolumeCapability) error {
 	return nil
 }
 
-func accessName(c *csi.VolumeCapability) string {
+// accessName is the access type c asks for, as the store names it.
+func accessName(c *csi.VolumeCapability) store.AccessType {
 	if c.GetBlock() != nil {
-		return backend.AccessBlock.String()
+		return store.AccessBlock
 	}
-	return backend.AccessMount.String()
+	return store.AccessMount
 }
 
 // NodeStageVolume implements csi.NodeServer. Directory volumes are bind
@@ -106,17 +107,37 @@ func accessName(c *csi.VolumeCapability) string {
 // and, for mount access, formatted if blank and mounted there.
 func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
 	if err := d.checkNodePath("staging_target_path", req.GetStagingTargetPath()); err != nil && req.GetVolumeId() != "" {
-		return nil, toStatus(err)
+		return nil, err
 	}
-	return &csi.NodeStageVolumeResponse{}, toStatus(d.nodeStage(ctx, req))
+	return &csi.NodeStageVolumeResponse{}, d.nodeStage(ctx, req)
 }
 
-func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest) (retErr error) {
+// nodeStage is NodeStageVolume in three steps, as createVolume is:
+// checkStage validates the request alone, planStage (under the volume's
+// lock) finds the volume and checks it and the staging path without
+// changing anything, and executeStage prepares the device and mounts.
+func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest) error {
+	if err := checkStage(req); err != nil {
+		return err
+	}
+	unlock, err := d.lock(volKey(req.GetVolumeId()))
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	nv, err := d.planStage(ctx, req)
+	if err != nil {
+		return err
+	}
+	return d.executeStage(ctx, nv, req)
+}
+
+// checkStage validates a NodeStageVolumeRequest by itself.
+func checkStage(req *csi.NodeStageVolumeRequest) error {
 	if err := requireID("volume_id", req.GetVolumeId()); err != nil {
 		return err
 	}
-	staging := req.GetStagingTargetPath()
-	if err := requirePath("staging_target_path", staging); err != nil {
+	if err := requirePath("staging_target_path", req.GetStagingTargetPath()); err != nil {
 		return err
 	}
 	if err := checkCapability("volume_capability", req.GetVolumeCapability()); err != nil {
@@ -125,35 +146,41 @@ func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 	if err := checkMap("volume_context", req.GetVolumeContext()); err != nil {
 		return err
 	}
-	if err := checkMap("publish_context", req.GetPublishContext()); err != nil {
-		return err
-	}
-	unlock, err := d.lock(volKey(req.GetVolumeId()))
-	if err != nil {
-		return err
-	}
-	defer unlock()
+	return checkMap("publish_context", req.GetPublishContext())
+}
+
+// planStage finds the volume and checks that the request fits it and that
+// the staging path is a directory the CO made. It only reads.
+func (d *Driver) planStage(ctx context.Context, req *csi.NodeStageVolumeRequest) (nodeVolume, error) {
+	staging := req.GetStagingTargetPath()
 	nv, err := d.findVolume(ctx, req.GetVolumeId(), req.GetVolumeContext())
 	if err != nil {
-		return err
+		return nv, err
 	}
 	if err := nv.checkAccess(req.GetVolumeCapability()); err != nil {
-		return err
+		return nv, err
 	}
 	if nv.mkfsErr != nil && nv.src.Kind == backend.SourceImageFile && !nv.block(req.GetVolumeCapability()) {
-		return nv.mkfsErr
+		return nv, nv.mkfsErr
 	}
 	// The CO creates the staging directory; a symlink anywhere in its path
 	// is refused, so the mount cannot land outside it.
 	if info, err := mountfd.StatPath(staging); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return invalid("staging_target_path %q must be a directory the CO created", staging)
+			return nv, invalid("staging_target_path %q must be a directory the CO created", staging)
 		}
-		return fmt.Errorf("staging_target_path: %w", err)
+		return nv, fmt.Errorf("staging_target_path: %w", err)
 	} else if !info.Dir() {
-		return invalid("staging_target_path %q is not a directory", staging)
+		return nv, invalid("staging_target_path %q is not a directory", staging)
 	}
+	return nv, nil
+}
 
+// executeStage does the stage planStage allowed: loop device and LUKS
+// mapping (each undone if a later step fails, since a CO need not unstage
+// after a failed stage), the directory key, then the mount.
+func (d *Driver) executeStage(ctx context.Context, nv nodeVolume, req *csi.NodeStageVolumeRequest) (retErr error) {
+	staging := req.GetStagingTargetPath()
 	if nv.src.Kind == backend.SourceImageFile {
 		if d.cfg.Loop == nil {
 			return fmt.Errorf("image volumes need loop devices: %w", errdefs.ErrFailedPrecondition)
@@ -274,9 +301,9 @@ func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 // volume still exists, so a node can always be cleaned up.
 func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
 	if err := d.checkNodePath("staging_target_path", req.GetStagingTargetPath()); err != nil && req.GetVolumeId() != "" {
-		return nil, toStatus(err)
+		return nil, err
 	}
-	return &csi.NodeUnstageVolumeResponse{}, toStatus(d.nodeUnstage(ctx, req))
+	return &csi.NodeUnstageVolumeResponse{}, d.nodeUnstage(ctx, req)
 }
 
 func (d *Driver) nodeUnstage(ctx context.Context, req *csi.NodeUnstageVolumeRequest) error {
@@ -385,18 +412,18 @@ func (d *Driver) detach(ctx context.Context, volID, dev string) error {
 func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
 	if req.GetVolumeId() != "" {
 		if err := d.checkNodePath("target_path", req.GetTargetPath()); err != nil {
-			return nil, toStatus(err)
+			return nil, err
 		}
 	}
 	if req.GetVolumeContext()[ephemeralContextKey] == "true" {
-		return &csi.NodePublishVolumeResponse{}, toStatus(d.publishEphemeral(ctx, req))
+		return &csi.NodePublishVolumeResponse{}, d.publishEphemeral(ctx, req)
 	}
 	if req.GetVolumeId() != "" && req.GetTargetPath() != "" {
 		if err := d.checkNodePath("staging_target_path", req.GetStagingTargetPath()); err != nil {
-			return nil, toStatus(err)
+			return nil, err
 		}
 	}
-	return &csi.NodePublishVolumeResponse{}, toStatus(d.nodePublish(ctx, req))
+	return &csi.NodePublishVolumeResponse{}, d.nodePublish(ctx, req)
 }
 
 func (d *Driver) validatePublish(req *csi.NodePublishVolumeRequest) error {
@@ -415,6 +442,9 @@ func (d *Driver) validatePublish(req *csi.NodePublishVolumeRequest) error {
 	return checkMap("publish_context", req.GetPublishContext())
 }
 
+// nodePublish is NodePublishVolume in three steps, as createVolume is:
+// validation, planPublish (under the volume's lock; it only reads) and
+// executePublish (the bind mount).
 func (d *Driver) nodePublish(ctx context.Context, req *csi.NodePublishVolumeRequest) error {
 	if err := d.validatePublish(req); err != nil {
 		return err
@@ -423,8 +453,7 @@ func (d *Driver) nodePublish(ctx context.Context, req *csi.NodePublishVolumeRequ
 	if err := requirePath("staging_target_path", staging); err != nil {
 		return err
 	}
-	target := req.GetTargetPath()
-	if filepath.Clean(target) == filepath.Clean(staging) {
+	if filepath.Clean(req.GetTargetPath()) == filepath.Clean(staging) {
 		return invalid("target_path and staging_target_path must differ")
 	}
 	unlock, err := d.lock(volKey(req.GetVolumeId()))
@@ -432,33 +461,54 @@ func (d *Driver) nodePublish(ctx context.Context, req *csi.NodePublishVolumeRequ
 		return err
 	}
 	defer unlock()
-	nv, err := d.findVolume(ctx, req.GetVolumeId(), req.GetVolumeContext())
-	if err != nil {
+	p, err := d.planPublish(ctx, req)
+	if err != nil || p.done {
 		return err
 	}
-	cap := req.GetVolumeCapability()
+	return d.executePublish(req, p)
+}
+
+// publishPlan is planPublish's decision: what to bind at the target, with
+// which mount attributes, or done when the target already has it.
+type publishPlan struct {
+	nv         nodeVolume
+	bindSource string // the staging path, or the device for block access
+	attrs      mountfd.Attrs
+	done       bool
+}
+
+// planPublish finds the volume and decides the bind: its source (the
+// staged filesystem or the device), its flags, and whether the target
+// already holds this volume. It only reads (store, mount table).
+func (d *Driver) planPublish(ctx context.Context, req *csi.NodePublishVolumeRequest) (publishPlan, error) {
+	staging, target, cap := req.GetStagingTargetPath(), req.GetTargetPath(), req.GetVolumeCapability()
+	nv, err := d.findVolume(ctx, req.GetVolumeId(), req.GetVolumeContext())
+	if err != nil {
+		return publishPlan{}, err
+	}
+	p := publishPlan{nv: nv}
 	if err := nv.checkAccess(cap); err != nil {
-		return err
+		return p, err
 	}
 	id, err := d.identityOf(ctx, nv.src)
 	if err != nil {
-		return err
+		return p, err
 	}
 
 	// What to bind: the staged filesystem, or the loop device itself.
-	bindSource := staging
+	p.bindSource = staging
 	if nv.block(cap) && nv.src.Kind == backend.SourceBlockDevice {
-		if bindSource, err = blockDeviceOf(nv); err != nil {
-			return err
+		if p.bindSource, err = blockDeviceOf(nv); err != nil {
+			return p, err
 		}
 	} else if nv.block(cap) {
-		if bindSource, err = d.volumeDevice(ctx, nv); err != nil {
-			return err
+		if p.bindSource, err = d.volumeDevice(ctx, nv); err != nil {
+			return p, err
 		}
 	} else if st, err := d.inspect(staging, id); err != nil {
-		return err
+		return p, err
 	} else if !st.mounted || !st.ours {
-		return fmt.Errorf("volume %s is not staged at %q: %w", nv.id, staging, errdefs.ErrFailedPrecondition)
+		return p, fmt.Errorf("volume %s is not staged at %q: %w", nv.id, staging, errdefs.ErrFailedPrecondition)
 	}
 
 	// Per-mount flags apply to the bind; a filesystem's own options were
@@ -467,38 +517,51 @@ func (d *Driver) nodePublish(ctx context.Context, req *csi.NodePublishVolumeRequ
 	if (nv.src.Kind == backend.SourceImageFile || nv.src.Kind == backend.SourceBlockDevice) && !nv.block(cap) {
 		flagFS = firstNonEmpty(cap.GetMount().GetFsType(), nv.fsType, "ext4")
 	}
-	attrs, _, err := mountfd.ParseOptions(flagFS, cap.GetMount().GetMountFlags())
-	if err != nil {
-		return fmt.Errorf("volume_capability.mount.mount_flags: %w", err)
+	if p.attrs, _, err = mountfd.ParseOptions(flagFS, cap.GetMount().GetMountFlags()); err != nil {
+		return p, fmt.Errorf("volume_capability.mount.mount_flags: %w", err)
 	}
-	readOnly := attrs.ReadOnly || req.GetReadonly() || cap.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
-	attrs.ReadOnly = readOnly
+	readOnly := p.attrs.ReadOnly || req.GetReadonly() || cap.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
+	p.attrs.ReadOnly = readOnly
 
 	st, err := d.inspect(target, id)
 	if err != nil {
-		return fmt.Errorf("target_path: %w", err)
+		return p, fmt.Errorf("target_path: %w", err)
 	}
 	switch {
 	case st.mounted && st.ours && st.readOnly == readOnly:
-		return nil // already published: never stack a second mount
+		p.done = true // already published: never stack a second mount
+		return p, nil
 	case st.mounted && st.ours:
-		return fmt.Errorf("volume %s is already published at %q with readonly=%t: %w", nv.id, target, st.readOnly, errdefs.ErrAlreadyExists)
+		return p, fmt.Errorf("volume %s is already published at %q with readonly=%t: %w", nv.id, target, st.readOnly, errdefs.ErrAlreadyExists)
 	case st.mounted:
-		return fmt.Errorf("target_path %q is already a mount of something else: %w", target, errdefs.ErrAlreadyExists)
+		return p, fmt.Errorf("target_path %q is already a mount of something else: %w", target, errdefs.ErrAlreadyExists)
 	}
+	return p, d.checkSingleWriter(ctx, nv, cap, staging, target)
+}
 
-	if cap.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER {
-		mps, err := d.mountsOf(ctx, nv.src)
-		if err != nil {
-			return err
-		}
-		for _, mp := range mps {
-			if mp != staging && mp != target {
-				return fmt.Errorf("volume %s is single-writer and already published at %q: %w", nv.id, mp, errdefs.ErrFailedPrecondition)
-			}
+// checkSingleWriter refuses a second publish of a SINGLE_NODE_SINGLE_WRITER
+// volume.
+func (d *Driver) checkSingleWriter(ctx context.Context, nv nodeVolume, cap *csi.VolumeCapability, staging, target string) error {
+	if cap.GetAccessMode().GetMode() != csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER {
+		return nil
+	}
+	mps, err := d.mountsOf(ctx, nv.src)
+	if err != nil {
+		return err
+	}
+	for _, mp := range mps {
+		if mp != staging && mp != target {
+			return fmt.Errorf("volume %s is single-writer and already published at %q: %w", nv.id, mp, errdefs.ErrFailedPrecondition)
 		}
 	}
+	return nil
+}
 
+// executePublish makes the target (a directory, or a file for block
+// access) and binds the plan's source there, removing a target it made if
+// the bind fails.
+func (d *Driver) executePublish(req *csi.NodePublishVolumeRequest, p publishPlan) error {
+	staging, target, nv, cap := req.GetStagingTargetPath(), req.GetTargetPath(), p.nv, req.GetVolumeCapability()
 	th, created, err := mountfd.MakeTarget(target, nv.block(cap))
 	if err != nil {
 		return fmt.Errorf("target_path: %w", err)
@@ -512,7 +575,7 @@ func (d *Driver) nodePublish(ctx context.Context, req *csi.NodePublishVolumeRequ
 		}
 		defer src.Close()
 	}
-	if err := bindAt(bindSource, src, th, attrs); err != nil {
+	if err := bindAt(p.bindSource, src, th, p.attrs); err != nil {
 		if created {
 			if rerr := mountfd.RemoveTarget(target); rerr != nil {
 				err = errors.Join(err, rerr)
@@ -520,7 +583,7 @@ func (d *Driver) nodePublish(ctx context.Context, req *csi.NodePublishVolumeRequ
 		}
 		return err
 	}
-	d.log.Info("volume published", "volume", nv.id, "target", target, "readonly", readOnly)
+	d.log.Info("volume published", "volume", nv.id, "target", target, "readonly", p.attrs.ReadOnly)
 	return nil
 }
 
@@ -531,10 +594,10 @@ func (d *Driver) nodePublish(ctx context.Context, req *csi.NodePublishVolumeRequ
 func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
 	if req.GetVolumeId() != "" {
 		if err := d.checkNodePath("target_path", req.GetTargetPath()); err != nil {
-			return nil, toStatus(err)
+			return nil, err
 		}
 	}
-	return &csi.NodeUnpublishVolumeResponse{}, toStatus(d.nodeUnpublish(ctx, req))
+	return &csi.NodeUnpublishVolumeResponse{}, d.nodeUnpublish(ctx, req)
 }
 
 func (d *Driver) nodeUnpublish(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) error {
@@ -611,11 +674,6 @@ func (d *Driver) publishedIdentity(ctx context.Context, volID string) (mountIden
 
 // NodeGetVolumeStats implements csi.NodeServer.
 func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
-	resp, err := d.nodeStats(ctx, req)
-	return resp, toStatus(err)
-}
-
-func (d *Driver) nodeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
 	if err := requireID("volume_id", req.GetVolumeId()); err != nil {
 		return nil, err
 	}
@@ -692,11 +750,6 @@ func (d *Driver) usageAt(ctx context.Context, nv nodeVolume, path string) (backe
 // docs/kubernetes.md), it does so here; then it makes the loop device and
 // filesystem see the new size.
 func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
-	resp, err := d.nodeExpand(ctx, req)
-	return resp, toStatus(err)
-}
-
-func (d *Driver) nodeExpand(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
 	if err := requireID("volume_id", req.GetVolumeId()); err != nil {
 		return nil, err
 	}
@@ -770,7 +823,7 @@ func (d *Driver) checkExpandPath(ctx context.Context, nv nodeVolume, c *csi.Volu
 	if st.mounted && st.ours {
 		return nil
 	}
-	block := c.GetBlock() != nil || (nv.rec != nil && nv.rec.AccessType == backend.AccessBlock.String())
+	block := c.GetBlock() != nil || (nv.rec != nil && nv.rec.AccessType == store.AccessBlock)
 	if block && st.exists && nv.src.Kind == backend.SourceBlockDevice {
 		return nil // the device is there whenever the LV is active
 	}
@@ -822,7 +875,7 @@ func (d *Driver) growImageOnNode(ctx context.Context, nv nodeVolume, path string
 // filesystem, if the workload made one on its raw device, is the
 // workload's to grow.
 func (d *Driver) filesystemMountedAt(ctx context.Context, nv nodeVolume, path string) (bool, error) {
-	if nv.rec != nil && nv.rec.AccessType == backend.AccessBlock.String() {
+	if nv.rec != nil && nv.rec.AccessType == store.AccessBlock {
 		return false, nil
 	}
 	id, err := d.identityOf(ctx, nv.src)

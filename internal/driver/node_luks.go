@@ -106,7 +106,7 @@ func (d *Driver) reconcileMappings(ctx context.Context) {
 	err := d.store.View(ctx, func(tx *store.Tx) error {
 		all, _, err := tx.Volumes("", 0)
 		for _, v := range all {
-			if v.Encryption == encryptionLUKS && v.AccessType == backend.AccessMount.String() {
+			if v.Encryption == encryptionLUKS && v.AccessType == store.AccessMount {
 				vols = append(vols, v)
 			}
 		}

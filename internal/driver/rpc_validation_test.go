@@ -205,10 +205,10 @@ func TestRPCValidation(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			err := tt.call()
-			if got := status.Code(err); got != tt.code {
+			if got := status.Code(atEdge(err)); got != tt.code {
 				t.Errorf("code = %v (%v), want %v", got, err, tt.code)
 			}
-			if st, ok := status.FromError(err); ok && len(st.Proto().GetDetails()) != 0 {
+			if st, ok := status.FromError(atEdge(err)); ok && len(st.Proto().GetDetails()) != 0 {
 				t.Errorf("status carries details: %v", st.Proto().GetDetails())
 			}
 			if n := d.locks.Len(); n != 0 {
@@ -231,7 +231,7 @@ func TestCreateReachesPoolWithSafeID(t *testing.T) {
 		VolumeCapabilities: []*csi.VolumeCapability{mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER, "")},
 		CapacityRange:      &csi.CapacityRange{RequiredBytes: 5 << 20},
 	})
-	if status.Code(err) != codes.Internal {
+	if status.Code(atEdge(err)) != codes.Internal {
 		t.Fatalf("err = %v, want the fake pool's failure as Internal", err)
 	}
 	if len(pool.creates) != 1 || !volumeIDPattern.MatchString(pool.creates[0]) {
@@ -257,7 +257,7 @@ func TestCreateBusyNameAborted(t *testing.T) {
 		Name:               "busy",
 		VolumeCapabilities: []*csi.VolumeCapability{mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER, "")},
 	})
-	if status.Code(err) != codes.Aborted {
+	if status.Code(atEdge(err)) != codes.Aborted {
 		t.Errorf("create of a busy name: %v, want Aborted", err)
 	}
 	unlock()
@@ -282,11 +282,11 @@ func TestUnmountRefusesSymlinks(t *testing.T) {
 	}
 	ctx := context.Background()
 	_, err := d.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: "vol-0000000000000000", StagingTargetPath: link})
-	if status.Code(err) != codes.InvalidArgument {
+	if status.Code(atEdge(err)) != codes.InvalidArgument {
 		t.Errorf("unstage at a symlink: %v, want InvalidArgument", err)
 	}
 	_, err = d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "vol-0000000000000000", TargetPath: link})
-	if status.Code(err) != codes.InvalidArgument {
+	if status.Code(atEdge(err)) != codes.InvalidArgument {
 		t.Errorf("unpublish at a symlink: %v, want InvalidArgument", err)
 	}
 	if fi, err := os.Lstat(link); err != nil || fi.Mode()&os.ModeSymlink == 0 {

@@ -12,9 +12,10 @@ import (
 
 // NewServer returns a gRPC server with the services of d's mode
 // registered. Requests are logged with their secrets stripped; extra
-// interceptors (metrics) run outside the logging one.
+// interceptors (metrics) run outside the logging one. Innermost is
+// mapErrors, so the logger and metrics see the code the caller gets.
 func NewServer(d *Driver, opts []grpc.ServerOption, interceptors ...grpc.UnaryServerInterceptor) *grpc.Server {
-	chain := append(append([]grpc.UnaryServerInterceptor{}, interceptors...), d.logCalls)
+	chain := append(append([]grpc.UnaryServerInterceptor{}, interceptors...), d.logCalls, mapErrors)
 	srv := grpc.NewServer(append(opts, grpc.ChainUnaryInterceptor(chain...))...)
 	csi.RegisterIdentityServer(srv, d)
 	if d.cfg.Mode.controller() {
@@ -40,6 +41,22 @@ type nodeCapabilities struct {
 
 func (n nodeCapabilities) NodeGetCapabilities(ctx context.Context, req *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
 	return n.d.NodeGetCapabilities(ctx, req)
+}
+
+// mapErrors is the error edge: handlers return classed errors
+// (internal/errdefs) and this turns them into status errors, the one place
+// that does (through toStatus and its one table). Handlers never call
+// toStatus themselves, so a direct Go call (internal/driver's own tests)
+// sees the classed error; those tests ask atEdge, which runs this
+// function, for the code a client would get. No second mapping exists.
+func mapErrors(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	resp, err := handler(ctx, req)
+	if err != nil {
+		// A failed call carries no response: the handlers' empty
+		// response values beside an error are not sent.
+		return nil, toStatus(err)
+	}
+	return resp, nil
 }
 
 // logCalls logs every call. Requests pass through redacted: protosanitizer

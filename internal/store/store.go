@@ -46,13 +46,24 @@ const (
 	SnapshotPrefix = "snap-"
 )
 
+// AccessType is how a volume is used: as a filesystem or a raw block
+// device. It is stored as its string, so records stay as they were.
+type AccessType string
+
+// Access types. A record written before access types were stored has "",
+// which callers treat as unknown.
+const (
+	AccessMount AccessType = "mount"
+	AccessBlock AccessType = "block"
+)
+
 // Volume is the record of one volume.
 type Volume struct {
 	ID            string            `json:"id"`
 	Name          string            `json:"name"`
 	Pool          string            `json:"pool"`
 	CapacityBytes int64             `json:"capacityBytes"`
-	AccessType    string            `json:"accessType"` // "mount" or "block"
+	AccessType    AccessType        `json:"accessType"`
 	FsType        string            `json:"fsType,omitempty"`
 	MkfsOptions   string            `json:"mkfsOptions,omitempty"`
 	Parameters    map[string]string `json:"parameters,omitempty"`
