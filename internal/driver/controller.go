@@ -548,6 +548,11 @@ func (d *Driver) csiVolume(ctx context.Context, v store.Volume) *csi.Volume {
 // volumeMessage is csiVolume once the pool's capacity enforcement is known
 // (nil: unknown), so that a listing asks each pool once.
 func (d *Driver) volumeMessage(v store.Volume, enforced *bool) *csi.Volume {
+	return d.volumeWithContext(v, volumeContext(v, enforced))
+}
+
+// volumeContext is the volume_context of v's messages.
+func volumeContext(v store.Volume, enforced *bool) map[string]string {
 	vc := map[string]string{ctxPool: v.Pool}
 	if v.FsType != "" {
 		vc[ctxFsType] = v.FsType
@@ -561,6 +566,11 @@ func (d *Driver) volumeMessage(v store.Volume, enforced *bool) *csi.Volume {
 	if enforced != nil {
 		vc[ctxCapacityEnforced] = strconv.FormatBool(*enforced)
 	}
+	return vc
+}
+
+// volumeWithContext is v's CSI message with volume_context vc.
+func (d *Driver) volumeWithContext(v store.Volume, vc map[string]string) *csi.Volume {
 	out := &csi.Volume{
 		VolumeId:           v.ID,
 		CapacityBytes:      v.CapacityBytes,

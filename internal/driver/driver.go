@@ -86,6 +86,7 @@ type Driver struct {
 	store      *store.Store // nil in node mode: the node derives its state from the mount table
 	pools      map[string]backend.Backend
 	poolOrder  []string
+	topo       *csi.Topology // this node's topology, shared by every message (topology)
 	mounter    *mount.SafeFormatAndMount
 	locks      keylock.Locks
 	ready      atomic.Bool
@@ -119,6 +120,7 @@ func New(cfg Config, st *store.Store, pools []Pool, mounter *mount.SafeFormatAnd
 		cfg.Logger = slog.Default()
 	}
 	d := &Driver{cfg: cfg, log: cfg.Logger, store: st, pools: map[string]backend.Backend{}, mounter: mounter}
+	d.topo = &csi.Topology{Segments: map[string]string{TopologyKey: cfg.NodeID}}
 	for _, p := range pools {
 		if err := requireID("pool name", p.Name); err != nil {
 			return nil, err
@@ -268,6 +270,7 @@ func (d *Driver) lock(keys ...string) (func(), error) {
 	return unlock, nil
 }
 
-func (d *Driver) topology() *csi.Topology {
-	return &csi.Topology{Segments: map[string]string{TopologyKey: d.cfg.NodeID}}
-}
+// topology is this node's topology. Every message shares the one value
+// (a listing of 10,000 volumes would otherwise build 10,000 maps), so it
+// must never be changed; protobuf allows concurrent marshalling of it.
+func (d *Driver) topology() *csi.Topology { return d.topo }

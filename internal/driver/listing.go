@@ -45,13 +45,13 @@ type listView struct {
 	mounts   *mounttable.Table
 	mountErr error
 	enforced map[string]*bool
-	loops    map[mounttable.DevIno][]uint64 // backing file -> loop devices' rdevs
-	topology *csi.Topology                  // the same for every volume: shared, never changed
-	maxFixed int                            // sizeBound's constant part, 0 until needed
+	contexts map[contextKey]map[string]string // shared by the volumes alike
+	loops    map[mounttable.DevIno][]uint64   // backing file -> loop devices' rdevs
+	maxFixed int                              // sizeBound's constant part, 0 until needed
 }
 
 func (d *Driver) newListView() *listView {
-	lv := &listView{d: d, enforced: map[string]*bool{}}
+	lv := &listView{d: d, enforced: map[string]*bool{}, contexts: map[contextKey]map[string]string{}}
 	lv.mounts, lv.mountErr = mounttable.Read()
 	if lv.mountErr != nil {
 		d.log.Warn("reading the mount table for a listing; published nodes left empty", "err", lv.mountErr)
@@ -70,12 +70,24 @@ func (lv *listView) csiVolume(ctx context.Context, v store.Volume) *csi.Volume {
 		}
 		lv.enforced[v.Pool] = e
 	}
-	m := lv.d.volumeMessage(v, e)
-	if lv.topology == nil {
-		lv.topology = m.AccessibleTopology[0]
+	if v.Encryption != "" { // the key ID makes the context the volume's own
+		return lv.d.volumeMessage(v, e)
 	}
-	m.AccessibleTopology[0] = lv.topology
-	return m
+	// Volumes alike share one context map: a listing is marshalled and
+	// dropped, and nothing changes a message's context.
+	k := contextKey{v.Pool, v.FsType, v.MkfsOptions, e != nil && *e, e != nil}
+	vc, ok := lv.contexts[k]
+	if !ok {
+		vc = volumeContext(v, e)
+		lv.contexts[k] = vc
+	}
+	return lv.d.volumeWithContext(v, vc)
+}
+
+// contextKey is everything an unencrypted volume's context is made of.
+type contextKey struct {
+	pool, fsType, mkfsOptions string
+	enforced, known           bool
 }
 
 // sizeBound bounds the encoded size of v's ListVolumes entry, as

@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -254,5 +256,58 @@ func TestListPublishedByRootName(t *testing.T) {
 		if fmt.Sprint(got[id]) != fmt.Sprint(want) {
 			t.Errorf("%s published on %q, want %q", id, got[id], want)
 		}
+	}
+}
+
+// TestListSharedContexts: a listing shares one volume_context map among
+// volumes alike, and every entry's context is still exactly its own
+// volume's (no sharing across pools, filesystems, mkfs options, or with an
+// encrypted volume's key ID).
+func TestListSharedContexts(t *testing.T) {
+	ctx := context.Background()
+	d, _, st := newTestDriver(t)
+	vols := []store.Volume{
+		{ID: "vol-0000000000000001", Pool: "default"},
+		{ID: "vol-0000000000000002", Pool: "default"},
+		{ID: "vol-0000000000000003", Pool: "default", FsType: "xfs"},
+		{ID: "vol-0000000000000004", Pool: "default", FsType: "xfs", MkfsOptions: "-m crc=1"},
+		{ID: "vol-0000000000000005", Pool: "default", Encryption: "fscrypt", KeyID: "k5"},
+		{ID: "vol-0000000000000006", Pool: "default", Encryption: "fscrypt", KeyID: "k6"},
+		{ID: "vol-0000000000000007", Pool: "gone"}, // a pool no longer configured: enforcement unknown
+	}
+	err := st.Update(ctx, func(tx *store.Tx) error {
+		for i, v := range vols {
+			v.Name, v.CapacityBytes, v.AccessType, v.CreatedAt = fmt.Sprintf("pvc-%d", i), 1<<20, store.AccessMount, time.Now()
+			if err := tx.PutVolume(v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := d.ListVolumes(ctx, &csi.ListVolumesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.GetEntries()) != len(vols) {
+		t.Fatalf("%d entries, want %d", len(resp.GetEntries()), len(vols))
+	}
+	for i, e := range resp.GetEntries() {
+		want := d.csiVolume(ctx, vols[i]).GetVolumeContext()
+		if got := e.GetVolume().GetVolumeContext(); !maps.Equal(got, want) {
+			t.Errorf("%s: context %v, want %v", vols[i].ID, got, want)
+		}
+	}
+	same := func(i, j int) bool {
+		return reflect.ValueOf(resp.Entries[i].Volume.VolumeContext).UnsafePointer() ==
+			reflect.ValueOf(resp.Entries[j].Volume.VolumeContext).UnsafePointer()
+	}
+	if !same(0, 1) {
+		t.Error("two volumes alike do not share their context map")
+	}
+	if same(4, 5) || same(0, 2) || same(2, 3) || same(0, 6) {
+		t.Error("volumes that differ share a context map")
 	}
 }

@@ -277,9 +277,14 @@ type listedFields struct {
 	KeyID            string `json:"keyId"`
 }
 
+// maxPrealloc caps how many listed records ListVolumes allocates ahead.
+const maxPrealloc = 10000
+
 // ListVolumes is Volumes for a listing: see ListedVolume.
 func (t *Tx) ListVolumes(from string, limit int) ([]ListedVolume, string, error) {
-	var out []ListedVolume
+	// Sized up front: growing a slice of records this large was almost
+	// half of a listing's store time.
+	out := make([]ListedVolume, 0, min(max(limit, 0), maxPrealloc))
 	next, err := page(t.bucket(bucketVolumes), from, limit, func(v []byte) error {
 		var f listedFields
 		if err := decodeListed(v, &f); err != nil {
