@@ -2,49 +2,27 @@ package driver
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	mount "k8s.io/mount-utils"
-	testingexec "k8s.io/utils/exec/testing"
 
 	"github.com/cairn-csi/cairn/internal/backend"
-	"github.com/cairn-csi/cairn/internal/backend/dirpool"
 	"github.com/cairn-csi/cairn/internal/store"
 )
 
-// newDirDriver makes a driver over a real dir pool named "default" in
-// t.TempDir(), with a fake mounter. Creating a dir volume needs no root
-// (without project quota the pool just makes directories).
-func newDirDriver(t *testing.T) (*Driver, string) {
+// newDirDriver makes a started driver (cfg as newDriverOver completes it)
+// over a real dir pool named "default" in t.TempDir(), with a fake mounter, and returns the pool's
+// root. Creating a dir volume needs no root (without project quota the
+// pool just makes directories).
+func newDirDriver(t *testing.T, cfg Config) (*Driver, string) {
 	t.Helper()
-	ctx := context.Background()
-	tmp := t.TempDir()
-	st, err := store.Open(ctx, filepath.Join(tmp, "cairn.db"), time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	root := filepath.Join(tmp, "pool")
-	pool, err := dirpool.New(ctx, root, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mounter := &mount.SafeFormatAndMount{Interface: mount.NewFakeMounter(nil), Exec: &testingexec.FakeExec{}}
-	d, err := New(Config{Name: "cairn.csi.dev", NodeID: "node-1", Mode: ModeAll, Logger: log},
-		st, []Pool{{Name: "default", Backend: pool}}, mounter)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Start(ctx); err != nil {
+	root := filepath.Join(t.TempDir(), "pool")
+	d, _ := newDriverOver(t, cfg, []Pool{{Name: "default", Backend: newDirPool(t, root)}}, fakeMounter())
+	if err := d.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	return d, root
@@ -72,7 +50,7 @@ func mountCaps() []*csi.VolumeCapability {
 // each case, made by a real CreateVolume of 1 MiB.
 func TestPlanCreate(t *testing.T) {
 	const mib = 1 << 20
-	d, root := newDirDriver(t)
+	d, root := newDirDriver(t, Config{})
 	taken, err := d.CreateVolume(context.Background(), &csi.CreateVolumeRequest{Name: "taken", VolumeCapabilities: mountCaps(),
 		CapacityRange: &csi.CapacityRange{RequiredBytes: mib}})
 	if err != nil {
