@@ -223,9 +223,17 @@ func (s *suite) testEncryption(t *testing.T) {
 	s.writeVol(t, podName(v, "b"), v, 2)
 }
 
-// bindClaim waits for the PV controller to see v's PV, then creates the
-// claim and waits until it is bound.
+// bindClaim claims v's PV and waits until the claim is bound.
 func (s *suite) bindClaim(t *testing.T, v *testVol) {
+	t.Helper()
+	s.claim(t, v)
+	s.waitBound(t, v)
+}
+
+// claim waits for the PV controller to see v's PV (it marks it Available:
+// a claim it syncs before that waits for its next resync, 15 s later),
+// then creates the claim.
+func (s *suite) claim(t *testing.T, v *testVol) {
 	t.Helper()
 	ctx := context.Background()
 	err := waitFor(ctx, time.Minute, "PV "+v.name+" Available", func(ctx context.Context) (bool, error) {
@@ -239,9 +247,15 @@ func (s *suite) bindClaim(t *testing.T, v *testVol) {
 		t.Fatalf("%v\n%s", err, s.explain(ctx, "pv", v.name))
 	}
 	if _, err := s.c.core.PersistentVolumeClaims(s.ns).Create(ctx, s.pvc(v), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
+		t.Fatalf("create PVC for %s: %v", v.name, err)
 	}
-	err = waitFor(ctx, 2*time.Minute, "PVC "+v.name+" Bound", func(ctx context.Context) (bool, error) {
+}
+
+// waitBound waits until v's claim is bound.
+func (s *suite) waitBound(t *testing.T, v *testVol) {
+	t.Helper()
+	ctx := context.Background()
+	err := waitFor(ctx, 2*time.Minute, "PVC "+v.name+" Bound", func(ctx context.Context) (bool, error) {
 		pvc, err := s.c.core.PersistentVolumeClaims(s.ns).Get(ctx, v.name, metav1.GetOptions{})
 		if err != nil {
 			return false, err

@@ -392,35 +392,12 @@ func (s *suite) testProvision(t *testing.T, kinds []volKind) {
 			t.Fatalf("create PV for %s: %v", k.name, err)
 		}
 	}
-	// The claims only once the PV controller has seen the PVs (it marks
-	// them Available): a claim it syncs before that waits for its next
-	// resync, 15 s later.
+	// Every claim first, then every wait: the claims bind side by side.
 	for _, v := range s.vols {
-		err := waitFor(ctx, time.Minute, "PV "+v.name+" Available", func(ctx context.Context) (bool, error) {
-			pv, err := s.c.core.PersistentVolumes().Get(ctx, v.name, metav1.GetOptions{})
-			if err != nil {
-				return false, err
-			}
-			return pv.Status.Phase != "" && pv.Status.Phase != corev1.VolumePending, fmt.Errorf("phase %q", pv.Status.Phase)
-		})
-		if err != nil {
-			t.Fatalf("%v\n%s", err, s.explain(ctx, "pv", v.name))
-		}
-		if _, err := s.c.core.PersistentVolumeClaims(s.ns).Create(ctx, s.pvc(v), metav1.CreateOptions{}); err != nil {
-			t.Fatalf("create PVC for %s: %v", v.kind.name, err)
-		}
+		s.claim(t, v)
 	}
 	for _, v := range s.vols {
-		err := waitFor(ctx, 2*time.Minute, "PVC "+v.name+" Bound", func(ctx context.Context) (bool, error) {
-			pvc, err := s.c.core.PersistentVolumeClaims(s.ns).Get(ctx, v.name, metav1.GetOptions{})
-			if err != nil {
-				return false, err
-			}
-			return pvc.Status.Phase == corev1.ClaimBound, fmt.Errorf("phase %s", pvc.Status.Phase)
-		})
-		if err != nil {
-			t.Fatalf("%v\n%s", err, s.explain(ctx, "pvc", v.name))
-		}
+		s.waitBound(t, v)
 	}
 }
 

@@ -201,7 +201,12 @@ var ops = []string{"create", "stage+publish", "snapshot", "clone", "expand"}
 
 func TestLVMThinVsImage(t *testing.T) {
 	if err := testlvm.Available(); err != nil {
-		testfs.SkipKernel(t, "%v", err)
+		if testfs.VMLane() {
+			testfs.SkipKernel(t, "%v", err) // fails: the VM has device-mapper
+		}
+		// Not "runs in the VM lane": CI's VM lane leaves this measurement
+		// out; it is a long run.
+		t.Skipf("%v; a long run, not in CI: run it in the VM with CAIRN_VM_LANE_ONLY=lvm and the lvm row of hack/vm-lane.sh set to ^TestLVMThinVsImage$ (README, long runs)", err)
 	}
 	vg := testlvm.NewVG(t, 12*gib, 10*gib)
 	imageRoot := filepath.Join(testfs.New(t, "xfs", 12*gib), "pool")

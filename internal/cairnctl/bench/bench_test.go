@@ -245,21 +245,10 @@ func TestRunCleansUpLostCreates(t *testing.T) {
 		lose:    map[string]bool{prefix + "-seq-1": true, prefix + "-par-3": true},
 		refuse:  map[string]bool{prefix + "-seq-4": true},
 	}
-	sock := filepath.Join(t.TempDir(), "csi.sock")
-	lis, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	csi.RegisterIdentityServer(srv, f)
-	csi.RegisterControllerServer(srv, f)
-	go srv.Serve(lis)
-	defer srv.Stop()
-	cc, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	cc, sock := serveFake(t, func(srv *grpc.Server) {
+		csi.RegisterIdentityServer(srv, f)
+		csi.RegisterControllerServer(srv, f)
+	})
 
 	res, err := Run(context.Background(), Clients{
 		Identity: csi.NewIdentityClient(cc), Controller: csi.NewControllerClient(cc), Node: csi.NewNodeClient(cc),
@@ -306,21 +295,8 @@ func TestRunCleansUpLostCreates(t *testing.T) {
 }
 
 func TestRunRefusesDriverWithoutCreate(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "csi.sock")
-	lis, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	csi.RegisterIdentityServer(srv, &fakeController{})
-	go srv.Serve(lis)
-	defer srv.Stop()
-	cc, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	_, err = Run(context.Background(), Clients{Identity: csi.NewIdentityClient(cc), Controller: csi.NewControllerClient(cc), Node: csi.NewNodeClient(cc)},
+	cc, _ := serveFake(t, func(srv *grpc.Server) { csi.RegisterIdentityServer(srv, &fakeController{}) })
+	_, err := Run(context.Background(), Clients{Identity: csi.NewIdentityClient(cc), Controller: csi.NewControllerClient(cc), Node: csi.NewNodeClient(cc)},
 		Config{Volumes: 1, Concurrency: 1})
 	if status.Code(err) != codes.Unimplemented {
 		t.Errorf("Run against an identity-only plugin: %v, want Unimplemented", err)
@@ -332,23 +308,10 @@ func TestRunRefusesDriverWithoutCreate(t *testing.T) {
 // to make (it used to be LEFT BEHIND).
 func TestDataTimeout(t *testing.T) {
 	f := &fakeController{volumes: map[string]string{}, slow: map[string]time.Duration{"clone": 300 * time.Millisecond}, busy: map[string]bool{}}
-	sock := filepath.Join(t.TempDir(), "csi.sock")
-	lis, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	csi.RegisterControllerServer(srv, f)
-	go srv.Serve(lis)
-	defer srv.Stop()
-	cc, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	cc, _ := serveFake(t, func(srv *grpc.Server) { csi.RegisterControllerServer(srv, f) })
 	r := &runner{cl: Clients{Controller: csi.NewControllerClient(cc)}, cfg: Config{CallTimeout: time.Minute}}
 	ctx := withCallTimeout(context.Background(), callTimeout{50 * time.Millisecond, "--data-timeout"})
-	_, _, err = r.createVolume(ctx, &csi.CreateVolumeRequest{Name: "clone"})
+	_, _, err := r.createVolume(ctx, &csi.CreateVolumeRequest{Name: "clone"})
 	if status.Code(err) != codes.DeadlineExceeded || !strings.Contains(err.Error(), "--data-timeout") {
 		t.Fatalf("err = %v, want DEADLINE_EXCEEDED naming --data-timeout", err)
 	}
@@ -361,4 +324,26 @@ func TestDataTimeout(t *testing.T) {
 	if len(f.volumes) != 0 {
 		t.Fatalf("left behind: %v", f.volumes)
 	}
+}
+
+// serveFake serves what register registers on a Unix socket in a temporary
+// directory until the test ends, and returns a client connection to it and
+// the socket's path.
+func serveFake(t *testing.T, register func(*grpc.Server)) (*grpc.ClientConn, string) {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "csi.sock")
+	lis, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	register(srv)
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	cc, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc, sock
 }
