@@ -227,7 +227,10 @@ func (d *dyn) testCapacity(ctx context.Context, t *testing.T) {
 		} `json:"nodeTopology"`
 	}
 	var list struct{ Items []csc }
-	err := waitFor(ctx, 2*time.Minute, "CSIStorageCapacity for every class", func(ctx context.Context) (bool, error) {
+	// One object per class and node, once the provisioner's capacity
+	// controller has settled: on a loaded machine it can create a second
+	// one before its informer shows the first, and removes it later.
+	err := waitFor(ctx, 2*time.Minute, "one CSIStorageCapacity for every class", func(ctx context.Context) (bool, error) {
 		out, err := d.k(ctx, nil, "get", "csistoragecapacities", "-n", dynNamespace, "-o", "json")
 		if err != nil {
 			return false, err
@@ -237,8 +240,8 @@ func (d *dyn) testCapacity(ctx context.Context, t *testing.T) {
 			return false, stop(err)
 		}
 		for _, p := range dynPools {
-			if !slices.ContainsFunc(list.Items, func(c csc) bool { return c.StorageClassName == p.class }) {
-				return false, fmt.Errorf("none for %s", p.class)
+			if n := countFunc(list.Items, func(c csc) bool { return c.StorageClassName == p.class }); n != 1 {
+				return false, fmt.Errorf("%d for %s", n, p.class)
 			}
 		}
 		return true, nil
@@ -632,4 +635,15 @@ func (d *dyn) diagnostics() string {
 		}
 	}
 	return b.String()
+}
+
+// countFunc counts the elements of s for which f is true.
+func countFunc[T any](s []T, f func(T) bool) int {
+	n := 0
+	for _, v := range s {
+		if f(v) {
+			n++
+		}
+	}
+	return n
 }
