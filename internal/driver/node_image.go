@@ -1,55 +1,32 @@
 package driver
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
-	mount "k8s.io/mount-utils"
-	utilexec "k8s.io/utils/exec"
 
 	"github.com/cairn-csi/cairn/internal/backend"
 	"github.com/cairn-csi/cairn/internal/crashpoint"
 	"github.com/cairn-csi/cairn/internal/errdefs"
-	"github.com/cairn-csi/cairn/internal/fsfreeze"
 	"github.com/cairn-csi/cairn/internal/fsprobe"
 	"github.com/cairn-csi/cairn/internal/mountfd"
+	"github.com/cairn-csi/cairn/internal/node"
 	"github.com/cairn-csi/cairn/internal/store"
 )
-
-// resizeFS grows the filesystem on dev, mounted at mountPath, online.
-func (d *Driver) resizeFS(ctx context.Context, dev, mountPath string) error {
-	r := mount.NewResizeFs(utilexec.New())
-	need, err := r.NeedResize(dev, mountPath)
-	if err != nil {
-		return fmt.Errorf("check filesystem size on %s: %w", dev, err)
-	}
-	if !need {
-		return nil
-	}
-	if _, err := r.Resize(dev, mountPath); err != nil {
-		return fmt.Errorf("grow filesystem on %s: %w", dev, err)
-	}
-	d.log.Info("filesystem grown", "device", dev, "mount", mountPath)
-	return nil
-}
 
 // reconcileLoops detaches loop devices whose image belongs to no volume any
 // more (deleted while attached, or left by a crash between delete and
 // detach), and reports the ones it cannot detach.
 func (d *Driver) reconcileLoops(ctx context.Context) {
-	devs, err := d.cfg.Loop.List(ctx)
+	devs, err := d.node.Loops().List(ctx)
 	if err != nil {
 		d.log.Error("reconcile: list loop devices", "err", err)
 		return
@@ -71,7 +48,7 @@ func (d *Driver) reconcileLoops(ctx context.Context) {
 			if err := closeLUKS(ctx, id); err != nil {
 				d.log.Error("reconcile: cannot close the mapping of a deleted volume", "volume", id, "err", err)
 			}
-			if err := d.cfg.Loop.Detach(ctx, dev.Path); err != nil {
+			if err := d.node.Loops().Detach(ctx, dev.Path); err != nil {
 				d.log.Error("reconcile: cannot detach loop device of a deleted volume", "device", dev.Path, "image", dev.BackingFile, "deleted", dev.Deleted, "err", err)
 				continue
 			}
@@ -80,13 +57,9 @@ func (d *Driver) reconcileLoops(ctx context.Context) {
 	}
 }
 
-// freezeForSnapshot freezes a mounted image filesystem so that a snapshot
-// of its image is consistent; directory and btrfs volumes are snapshotted
-// by the filesystem itself and need no freeze. So are plain LVs: lvm2
-// suspends the origin with lockfs, which freezes the filesystem on it. An
-// encrypted LV's filesystem is on the LUKS mapping above the LV, which
-// lvm2's suspend does not reach, so it is frozen here. The returned thaw
-// is never nil.
+// freezeForSnapshot asks the node layer to freeze volume v's filesystem
+// for a snapshot or clone of it (node.FreezeForSnapshot says which
+// volumes need it). The returned thaw is never nil.
 func (d *Driver) freezeForSnapshot(ctx context.Context, v store.Volume) (func() error, error) {
 	noop := func() error { return nil }
 	pool, ok := d.pools[v.Pool]
@@ -97,103 +70,7 @@ func (d *Driver) freezeForSnapshot(ctx context.Context, v store.Volume) (func() 
 	if err != nil {
 		return noop, nil
 	}
-	switch {
-	case src.Kind == backend.SourceImageFile && d.cfg.Loop != nil:
-	case src.Kind == backend.SourceBlockDevice && src.LUKS:
-	default:
-		return noop, nil
-	}
-	mps, err := d.mountsOf(ctx, src)
-	if err != nil {
-		return noop, err
-	}
-	for _, mp := range mps {
-		fi, err := os.Stat(mp)
-		if err != nil || !fi.IsDir() {
-			continue // a block device bind mount: nothing to freeze
-		}
-		// A freeze outlives this process: record it first, so that if we
-		// die before the thaw, the next start thaws it (thawLeftovers).
-		marker, err := d.markFrozen(v.ID, mp)
-		if err != nil {
-			return noop, err
-		}
-		// Freezing one mount freezes the filesystem under all of them.
-		thaw, err := fsfreeze.Freeze(ctx, mp)
-		if err != nil {
-			removeMarker(marker)
-		}
-		if errors.Is(err, fsfreeze.ErrAlreadyFrozen) {
-			return noop, fmt.Errorf("filesystem of volume %s is frozen by someone else: %w", v.ID, errdefs.ErrAborted)
-		}
-		if err != nil {
-			return noop, fmt.Errorf("freeze %s: %w", mp, err)
-		}
-		return func() error {
-			err := thaw()
-			if err == nil || errors.Is(err, fsfreeze.ErrNotFrozen) {
-				removeMarker(marker)
-			}
-			return err
-		}, nil
-	}
-	return noop, nil
-}
-
-// frozenDir holds one marker per filesystem this driver has frozen and not
-// yet thawed: the volume ID, holding the mount point.
-func (d *Driver) frozenDir() string { return filepath.Join(d.cfg.StateDir, "frozen") }
-
-// markFrozen records that the filesystem of volume id, mounted at mp, is
-// about to be frozen. It returns the marker's path ("" without a state dir).
-func (d *Driver) markFrozen(id, mp string) (string, error) {
-	if d.cfg.StateDir == "" {
-		return "", nil
-	}
-	if err := os.MkdirAll(d.frozenDir(), 0o700); err != nil {
-		return "", fmt.Errorf("record freeze: %w", err)
-	}
-	marker := filepath.Join(d.frozenDir(), id)
-	if err := os.WriteFile(marker, []byte(mp), 0o600); err != nil {
-		return "", fmt.Errorf("record freeze: %w", err)
-	}
-	return marker, nil
-}
-
-func removeMarker(marker string) {
-	if marker != "" {
-		os.Remove(marker)
-	}
-}
-
-// thawLeftovers thaws the filesystems a previous run of this driver froze
-// for a snapshot and died before thawing; their workloads' writes hang
-// until then, and every later snapshot of them would be refused.
-func (d *Driver) thawLeftovers(ctx context.Context) {
-	if d.cfg.StateDir == "" {
-		return
-	}
-	entries, err := os.ReadDir(d.frozenDir())
-	if err != nil {
-		return // none recorded
-	}
-	for _, e := range entries {
-		marker := filepath.Join(d.frozenDir(), e.Name())
-		mp, err := os.ReadFile(marker)
-		if err != nil {
-			continue
-		}
-		err = fsfreeze.Thaw(string(mp))
-		switch {
-		case err == nil:
-			d.log.Warn("reconcile: thawed a filesystem left frozen by a crash during a snapshot", "volume", e.Name(), "mount", string(mp))
-		case errors.Is(err, fsfreeze.ErrNotFrozen) || errors.Is(err, fs.ErrNotExist):
-		default:
-			d.log.Error("reconcile: cannot thaw a filesystem left frozen by a crash", "volume", e.Name(), "mount", string(mp), "err", err)
-			continue // keep the marker: the next start tries again
-		}
-		os.Remove(marker)
-	}
+	return d.node.FreezeForSnapshot(ctx, v.ID, src)
 }
 
 // imageMountOptions are the options a filesystem inside an image is
@@ -203,7 +80,7 @@ func (d *Driver) thawLeftovers(ctx context.Context) {
 // mounted on the node; restoring next to the source is the common case.
 func imageMountOptions(fsType string, flags []string) []string {
 	opts := slices.Clone(flags)
-	if fsType == "xfs" && !hasOption(opts, "nouuid") {
+	if fsType == "xfs" && !node.HasOption(opts, "nouuid") {
 		opts = append(opts, "nouuid")
 	}
 	return opts
@@ -218,7 +95,7 @@ func (d *Driver) detachDeletedImage(ctx context.Context, id string) error {
 	if err := closeLUKS(ctx, id); err != nil {
 		return err
 	}
-	devs, err := d.cfg.Loop.List(ctx)
+	devs, err := d.node.Loops().List(ctx)
 	if err != nil {
 		return err
 	}
@@ -226,18 +103,18 @@ func (d *Driver) detachDeletedImage(ctx context.Context, id string) error {
 		if !d.isImageOf(dev.BackingFile, id) {
 			continue
 		}
-		st, err := statT(dev.Path)
-		if err != nil {
+		var st unix.Stat_t
+		if err := unix.Stat(dev.Path, &st); err != nil {
 			continue // detached since List
 		}
-		mps, err := mountPointsOf(mountIdentity{rdevs: []uint64{st.Rdev}})
+		mps, err := d.node.MountPointsOf(node.DeviceIdentity(st.Rdev))
 		if err != nil {
 			return err
 		}
 		if len(mps) > 0 {
 			return fmt.Errorf("volume %s was deleted but its device %s is still mounted at %v; unpublish it first: %w", id, dev.Path, mps, errdefs.ErrFailedPrecondition)
 		}
-		if err := d.detach(ctx, id, dev.Path); err != nil {
+		if err := d.node.Detach(ctx, id, dev.Path); err != nil {
 			return err
 		}
 	}
@@ -417,7 +294,7 @@ func (d *Driver) markFormatted(ctx context.Context, nv nodeVolume) error {
 //     offline, which needs no CAP_SYS_RESOURCE; xfs and btrfs can only
 //     grow mounted, after the mount. An unchanged volume runs no tool.
 func (d *Driver) stageImage(ctx context.Context, nv nodeVolume, staging string, m *csi.VolumeCapability_MountVolume) error {
-	devs, err := d.cfg.Loop.Find(ctx, nv.src.Path)
+	devs, err := d.node.Loops().Find(ctx, nv.src.Path)
 	if err != nil || len(devs) == 0 {
 		return fmt.Errorf("loop device for %s vanished: %v: %w", nv.src.Path, err, errdefs.ErrAborted)
 	}
@@ -459,7 +336,7 @@ func (d *Driver) stageImage(ctx context.Context, nv nodeVolume, staging string, 
 		// blank to blkid as well (it knows more than ext, xfs and btrfs)
 		// is formatted.
 		if probeErr != nil {
-			existing, err := d.mounter.GetDiskFormat(dev)
+			existing, err := d.node.DiskFormat(dev)
 			if err != nil {
 				return fmt.Errorf("volume %s: probe %s: %w", nv.id, dev, err)
 			}
@@ -483,7 +360,7 @@ func (d *Driver) stageImage(ctx context.Context, nv nodeVolume, staging string, 
 		grow = needsGrow(info, size)
 	}
 	if grow && strings.HasPrefix(info.Type, "ext") {
-		if err := d.growExtOffline(ctx, nv, dev); err != nil {
+		if err := d.node.GrowExtOffline(ctx, nv.id, dev); err != nil {
 			return err
 		}
 		grow = false
@@ -500,7 +377,7 @@ func (d *Driver) stageImage(ctx context.Context, nv nodeVolume, staging string, 
 		return err
 	}
 	if grow {
-		if err := d.growOnline(ctx, nv, info.Type, staging); err != nil {
+		if err := d.node.GrowOnline(ctx, nv.id, info.Type, staging); err != nil {
 			if uerr := mountfd.Unmount(staging); uerr != nil {
 				err = errors.Join(err, fmt.Errorf("unmount %s again: %w", staging, uerr))
 			}
@@ -559,7 +436,7 @@ func (d *Driver) formatImage(ctx context.Context, nv nodeVolume, dev, fsType str
 		}
 	}
 	d.log.Info("formatting volume", "volume", nv.id, "device", dev, "fsType", fsType)
-	if out, err := runTool(ctx, "mkfs."+fsType, mkfsArgs(fsType, nv.mkfs, dev)...); err != nil {
+	if out, err := node.RunTool(ctx, "mkfs."+fsType, mkfsArgs(fsType, nv.mkfs, dev)...); err != nil {
 		return fmt.Errorf("volume %s: mkfs.%s %s: %w: %s", nv.id, fsType, dev, err, out)
 	}
 	if err := syncDevice(dev); err != nil {
@@ -605,52 +482,4 @@ func syncDevice(dev string) error {
 		return fmt.Errorf("sync %s: %w", dev, err)
 	}
 	return f.Close()
-}
-
-// growExtOffline grows the unmounted ext filesystem on dev to fill it:
-// resize2fs refuses a filesystem not freshly checked, so e2fsck -f -p
-// first. Offline growth needs no CAP_SYS_RESOURCE, unlike online growth.
-func (d *Driver) growExtOffline(ctx context.Context, nv nodeVolume, dev string) error {
-	out, err := runTool(ctx, "e2fsck", "-f", "-p", dev)
-	var ee *exec.ExitError
-	// Exit 1 and 2: errors were corrected; 4 and up: they were not.
-	if errors.As(err, &ee) && ee.ExitCode() < 4 {
-		err = nil
-	}
-	if err != nil {
-		return fmt.Errorf("volume %s: e2fsck before growing: %w: %s", nv.id, err, out)
-	}
-	if out, err := runTool(ctx, "resize2fs", dev); err != nil {
-		return fmt.Errorf("volume %s: resize2fs %s: %w: %s", nv.id, dev, err, out)
-	}
-	d.log.Info("filesystem grown", "volume", nv.id, "device", dev, "tool", "resize2fs", "online", false)
-	return nil
-}
-
-// growOnline grows the filesystem of type fsType mounted at mp to fill its
-// device.
-func (d *Driver) growOnline(ctx context.Context, nv nodeVolume, fsType, mp string) error {
-	var tool []string
-	switch fsType {
-	case "xfs":
-		tool = []string{"xfs_growfs", "-d", mp}
-	case "btrfs":
-		tool = []string{"btrfs", "filesystem", "resize", "max", mp}
-	default:
-		return fmt.Errorf("volume %s: cannot grow %s online: %w", nv.id, fsType, errdefs.ErrFailedPrecondition)
-	}
-	if out, err := runTool(ctx, tool[0], tool[1:]...); err != nil {
-		return fmt.Errorf("volume %s: its image is larger than its filesystem: %s: %w: %s", nv.id, strings.Join(tool, " "), err, out)
-	}
-	d.log.Info("filesystem grown", "volume", nv.id, "mount", mp, "tool", tool[0], "online", true)
-	return nil
-}
-
-// runTool runs a filesystem tool with messages in English (they end up in
-// errors) and returns its combined output.
-func runTool(ctx context.Context, name string, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Env = append(os.Environ(), "LC_ALL=C")
-	out, err := cmd.CombinedOutput()
-	return bytes.TrimSpace(out), err
 }
