@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -289,7 +287,7 @@ func (d *Driver) markFormatted(ctx context.Context, nv nodeVolume) error {
 //     never formatted again, whatever a probe says. "Formatted" is recorded
 //     only after mkfs has finished and the device is synced.
 //   - grow: when the superblock says the device is larger than the
-//     filesystem by more than growSlack (a restore or clone into a larger
+//     filesystem by more than node.GrowSlack (a restore or clone into a larger
 //     size, an expansion while unstaged). ext* grows before mounting,
 //     offline, which needs no CAP_SYS_RESOURCE; xfs and btrfs can only
 //     grow mounted, after the mount. An unchanged volume runs no tool.
@@ -353,11 +351,11 @@ func (d *Driver) stageImage(ctx context.Context, nv nodeVolume, staging string, 
 	}
 	grow := false
 	if !format && probeErr == nil && !readOnly {
-		size, err := deviceSize(dev)
+		size, err := node.DeviceSize(dev)
 		if err != nil {
 			return fmt.Errorf("volume %s: %w", nv.id, err)
 		}
-		grow = needsGrow(info, size)
+		grow = node.NeedsGrow(info, size)
 	}
 	if grow && strings.HasPrefix(info.Type, "ext") {
 		if err := d.node.GrowExtOffline(ctx, nv.id, dev); err != nil {
@@ -395,91 +393,13 @@ func (d *Driver) stageImage(ctx context.Context, nv nodeVolume, staging string, 
 	return nil
 }
 
-// growSlack is how much larger than its filesystem a device must be for a
-// stage to grow the filesystem. It is below the pools' size granularity (1
-// MiB), so every expansion counts, and above the tails the grow tools
-// leave unused (a few blocks, a too-small last xfs AG), so that a volume
-// they cannot grow further is not "grown" again at every stage.
-const growSlack = 1<<20 - 1
-
-// needsGrow reports whether the filesystem info describes would grow on a
-// device of devSize bytes by more than growSlack.
-func needsGrow(info fsprobe.Info, devSize int64) bool {
-	return info.GrowTarget(devSize)-info.Size > growSlack
-}
-
-// deviceSize returns the size of block device dev in bytes.
-func deviceSize(dev string) (int64, error) {
-	f, err := os.Open(dev)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	n, err := f.Seek(0, io.SeekEnd)
-	if err != nil {
-		return 0, fmt.Errorf("size of %s: %w", dev, err)
-	}
-	return n, nil
-}
-
-// wipeBytes is how much of each end of a device formatImage zeroes before
-// formatting again: every superblock and signature mkfs or blkid looks at
-// near the start (btrfs's primary is at 64 KiB) or the end.
-const wipeBytes = 1 << 20
-
-// formatImage makes a fsType filesystem on dev, after wiping its ends when
-// wipe is set, syncs it, and only then records the volume as formatted.
+// formatImage makes a fsType filesystem on dev (node.Format: wiped first
+// when wipe is set, then synced), and only then records the volume as
+// formatted.
 func (d *Driver) formatImage(ctx context.Context, nv nodeVolume, dev, fsType string, wipe bool) error {
-	if wipe {
-		if err := wipeEnds(dev); err != nil {
-			return fmt.Errorf("volume %s: %w", nv.id, err)
-		}
-	}
-	d.log.Info("formatting volume", "volume", nv.id, "device", dev, "fsType", fsType)
-	if out, err := node.RunTool(ctx, "mkfs."+fsType, mkfsArgs(fsType, nv.mkfs, dev)...); err != nil {
-		return fmt.Errorf("volume %s: mkfs.%s %s: %w: %s", nv.id, fsType, dev, err, out)
-	}
-	if err := syncDevice(dev); err != nil {
-		return fmt.Errorf("volume %s: %w", nv.id, err)
+	if err := d.node.Format(ctx, nv.id, dev, fsType, mkfsArgs(fsType, nv.mkfs, dev), wipe); err != nil {
+		return err
 	}
 	crashpoint.Hit("stage:formatted")
 	return d.markFormatted(ctx, nv)
-}
-
-// wipeEnds zeroes the first and last wipeBytes of dev and syncs them.
-// O_EXCL fails if anything has the device mounted: the wipe never races a
-// mount.
-func wipeEnds(dev string) error {
-	f, err := os.OpenFile(dev, os.O_WRONLY|unix.O_EXCL, 0)
-	if err != nil {
-		return fmt.Errorf("wipe %s: %w", dev, err)
-	}
-	defer f.Close()
-	size, err := f.Seek(0, io.SeekEnd)
-	if err != nil {
-		return fmt.Errorf("wipe %s: %w", dev, err)
-	}
-	zero := make([]byte, min(wipeBytes, size))
-	for _, off := range []int64{0, max(0, size-wipeBytes)} {
-		if _, err := f.WriteAt(zero, off); err != nil {
-			return fmt.Errorf("wipe %s at %d: %w", dev, off, err)
-		}
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("wipe %s: fsync: %w", dev, err)
-	}
-	return f.Close()
-}
-
-// syncDevice flushes dev; on a loop device that syncs the image file.
-func syncDevice(dev string) error {
-	f, err := os.OpenFile(dev, os.O_WRONLY, 0)
-	if err != nil {
-		return fmt.Errorf("sync %s: %w", dev, err)
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dev, err)
-	}
-	return f.Close()
 }
