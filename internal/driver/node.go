@@ -182,61 +182,31 @@ func (d *Driver) planStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 // after a failed stage), the directory key, then the mount.
 func (d *Driver) executeStage(ctx context.Context, nv nodeVolume, req *csi.NodeStageVolumeRequest) (retErr error) {
 	staging := req.GetStagingTargetPath()
-	if nv.src.Kind == backend.SourceImageFile {
-		if !d.node.HasLoops() {
-			return fmt.Errorf("image volumes need loop devices: %w", errdefs.ErrFailedPrecondition)
+	// What a failed stage undoes, run newest first: a LUKS mapping is
+	// closed before its loop device is detached.
+	var undo []func()
+	defer func() {
+		if retErr != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
 		}
-		devs, err := d.node.Loops().Find(ctx, nv.src.Path)
-		if err != nil {
+	}()
+	switch nv.src.Kind {
+	case backend.SourceImageFile:
+		if err := d.prepareImage(ctx, nv, req, &undo); err != nil {
 			return err
-		}
-		if len(devs) == 0 {
-			_, rollback, err := d.node.AttachImage(ctx, nv.id, nv.src.Path, d.imageBlockSize(ctx, nv, req.GetVolumeCapability()))
-			if err != nil {
-				return err
-			}
-			defer func() {
-				if retErr != nil {
-					rollback()
-				}
-			}()
-		}
-		if isLUKS, err := isLUKSVolume(nv); err != nil {
-			return err
-		} else if isLUKS {
-			dev, err := d.node.Loops().Find(ctx, nv.src.Path)
-			if err != nil || len(dev) == 0 {
-				return fmt.Errorf("loop device for %s vanished: %v: %w", nv.src.Path, err, errdefs.ErrAborted)
-			}
-			if _, err := d.openLUKS(ctx, nv, dev[0], req.GetSecrets()); err != nil {
-				return err
-			}
-			// Closed again if the stage fails, before the deferred detach.
-			defer func() {
-				if retErr != nil {
-					if err := closeLUKS(context.WithoutCancel(ctx), nv.id); err != nil {
-						d.log.Error("close after a failed stage", "volume", nv.id, "err", err)
-					}
-				}
-			}()
 		}
 		if nv.block(req.GetVolumeCapability()) {
 			return nil // publish bind-mounts the device itself
 		}
-	}
-	if nv.src.Kind == backend.SourceBlockDevice {
+	case backend.SourceBlockDevice:
 		opened, err := d.openBlockDevice(ctx, nv, req.GetSecrets())
 		if err != nil {
 			return err
 		}
 		if opened {
-			defer func() {
-				if retErr != nil {
-					if err := closeLUKS(context.WithoutCancel(ctx), nv.id); err != nil {
-						d.log.Error("close after a failed stage", "volume", nv.id, "err", err)
-					}
-				}
-			}()
+			undo = append(undo, d.closeAfterFailedStage(ctx, nv))
 		}
 	}
 
@@ -284,6 +254,49 @@ func (d *Driver) executeStage(ctx context.Context, nv nodeVolume, req *csi.NodeS
 	}
 	d.log.Info("volume staged", "volume", nv.id, "staging", staging)
 	return nil
+}
+
+// prepareImage readies an image volume's device for stage: its loop
+// device (node.AttachImage, when not attached yet) and, for an encrypted
+// volume, its LUKS mapping. Each step it takes adds its undo to undo, for
+// a stage that fails later (a CO need not unstage after a failed stage).
+func (d *Driver) prepareImage(ctx context.Context, nv nodeVolume, req *csi.NodeStageVolumeRequest, undo *[]func()) error {
+	if !d.node.HasLoops() {
+		return fmt.Errorf("image volumes need loop devices: %w", errdefs.ErrFailedPrecondition)
+	}
+	devs, err := d.node.Loops().Find(ctx, nv.src.Path)
+	if err != nil {
+		return err
+	}
+	if len(devs) == 0 {
+		_, rollback, err := d.node.AttachImage(ctx, nv.id, nv.src.Path, d.imageBlockSize(ctx, nv, req.GetVolumeCapability()))
+		if err != nil {
+			return err
+		}
+		*undo = append(*undo, rollback)
+	}
+	isLUKS, err := isLUKSVolume(nv)
+	if err != nil || !isLUKS {
+		return err
+	}
+	dev, err := d.node.Loops().Find(ctx, nv.src.Path)
+	if err != nil || len(dev) == 0 {
+		return fmt.Errorf("loop device for %s vanished: %v: %w", nv.src.Path, err, errdefs.ErrAborted)
+	}
+	if _, err := d.openLUKS(ctx, nv, dev[0], req.GetSecrets()); err != nil {
+		return err
+	}
+	*undo = append(*undo, d.closeAfterFailedStage(ctx, nv))
+	return nil
+}
+
+// closeAfterFailedStage is the undo of opening nv's LUKS mapping.
+func (d *Driver) closeAfterFailedStage(ctx context.Context, nv nodeVolume) func() {
+	return func() {
+		if err := closeLUKS(context.WithoutCancel(ctx), nv.id); err != nil {
+			d.log.Error("close after a failed stage", "volume", nv.id, "err", err)
+		}
+	}
 }
 
 // NodeUnstageVolume implements csi.NodeServer. It works whether or not the

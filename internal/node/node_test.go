@@ -163,6 +163,26 @@ func TestInspectUnmounted(t *testing.T) {
 	}
 }
 
+// mustState fails t unless path's mount state is as wanted.
+func mustState(t *testing.T, n *Node, path string, id Identity, mounted, ours bool) State {
+	t.Helper()
+	st, err := n.Inspect(path, id)
+	if err != nil || st.Mounted != mounted || st.Ours != ours {
+		t.Fatalf("Inspect(%s) = %+v, %v; want mounted=%t ours=%t", path, st, err, mounted, ours)
+	}
+	return st
+}
+
+// mustUnpublish fails t unless Unpublish of target peels want layers and
+// stops at a foreign mount exactly when foreign is set.
+func mustUnpublish(t *testing.T, n *Node, target string, id Identity, want int, foreign bool) {
+	t.Helper()
+	cnt, f, err := n.Unpublish(context.Background(), target, id)
+	if err != nil || cnt != want || f != foreign {
+		t.Fatalf("Unpublish(%s) = %d, %t, %v; want %d, %t", target, cnt, f, err, want, foreign)
+	}
+}
+
 // TestStagePublish runs a directory volume through stage, publish and
 // unpublish with real bind mounts (root only), reading the real table for
 // MountsOf, and checks that a foreign mount at the target is left alone.
@@ -188,15 +208,12 @@ func TestStagePublish(t *testing.T) {
 	if err := n.StageDir(vol, staging); err != nil {
 		t.Fatal(err)
 	}
-	if st, err := n.Inspect(staging, id); err != nil || !st.Mounted || !st.Ours {
-		t.Fatalf("staging after StageDir: %+v, %v", st, err)
-	}
+	mustState(t, n, staging, id, true, true)
 	if err := n.Publish(PublishSpec{Staging: staging, Target: target, Attrs: mountfd.Attrs{ReadOnly: true}}); err != nil {
 		t.Fatal(err)
 	}
-	st, err := n.Inspect(target, id)
-	if err != nil || !st.Mounted || !st.Ours || !st.ReadOnly {
-		t.Fatalf("target after Publish: %+v, %v", st, err)
+	if st := mustState(t, n, target, id, true, true); !st.ReadOnly {
+		t.Errorf("target published read-write: %+v", st)
 	}
 	mps, err := n.MountsOf(ctx, src)
 	if err != nil || !slices.Contains(mps, staging) || !slices.Contains(mps, target) {
@@ -205,10 +222,7 @@ func TestStagePublish(t *testing.T) {
 	if mp, err := n.MountedElsewhere(ctx, src, staging, target); err != nil || mp != "" {
 		t.Errorf("MountedElsewhere = %q, %v", mp, err)
 	}
-	cnt, foreign, err := n.Unpublish(ctx, target, id)
-	if err != nil || cnt != 1 || foreign {
-		t.Fatalf("Unpublish = %d, %t, %v", cnt, foreign, err)
-	}
+	mustUnpublish(t, n, target, id, 1, false)
 	if _, err := os.Stat(target); !os.IsNotExist(err) {
 		t.Errorf("target still there: %v", err)
 	}
@@ -220,13 +234,8 @@ func TestStagePublish(t *testing.T) {
 	if err := unix.Mount(other, target, "", unix.MS_BIND, ""); err != nil {
 		t.Fatal(err)
 	}
-	cnt, foreign, err = n.Unpublish(ctx, target, id)
-	if err != nil || cnt != 0 || !foreign {
-		t.Fatalf("Unpublish over a foreign mount = %d, %t, %v", cnt, foreign, err)
-	}
-	if st, _ := n.Inspect(target, Identity{}); !st.Mounted {
-		t.Error("the foreign mount was removed")
-	}
+	mustUnpublish(t, n, target, id, 0, true)
+	mustState(t, n, target, id, true, false)
 	if cnt, _, err := n.UnmountOurs(ctx, staging, id); err != nil || cnt != 1 {
 		t.Errorf("UnmountOurs(staging) = %d, %v", cnt, err)
 	}
