@@ -12,7 +12,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cairn-csi/cairn/internal/backend"
-	"github.com/cairn-csi/cairn/internal/crashpoint"
 	"github.com/cairn-csi/cairn/internal/errdefs"
 	"github.com/cairn-csi/cairn/internal/fsprobe"
 	"github.com/cairn-csi/cairn/internal/mountfd"
@@ -277,20 +276,11 @@ func (d *Driver) markFormatted(ctx context.Context, nv nodeVolume) error {
 	return nil
 }
 
-// stageImage mounts the filesystem of image volume nv, whose loop device
-// is attached, at staging, formatting or growing it first where needed:
-//
-//   - format: only a volume whose pool records it as never formatted to
-//     completion (its leftovers, such as the half-written superblock of a
-//     killed mkfs, are wiped first), or one with no record (made before
-//     pools kept one) that is blank. A volume recorded as formatted is
-//     never formatted again, whatever a probe says. "Formatted" is recorded
-//     only after mkfs has finished and the device is synced.
-//   - grow: when the superblock says the device is larger than the
-//     filesystem by more than node.GrowSlack (a restore or clone into a larger
-//     size, an expansion while unstaged). ext* grows before mounting,
-//     offline, which needs no CAP_SYS_RESOURCE; xfs and btrfs can only
-//     grow mounted, after the mount. An unchanged volume runs no tool.
+// stageImage finds the device of image volume nv, whose loop device is
+// attached, checks the capability's filesystem and flags, reads the
+// pool's format record, and has the node layer mount it at staging,
+// formatting or growing it first where needed (node.MountImage says
+// when).
 func (d *Driver) stageImage(ctx context.Context, nv nodeVolume, staging string, m *csi.VolumeCapability_MountVolume) error {
 	devs, err := d.node.Loops().Find(ctx, nv.src.Path)
 	if err != nil || len(devs) == 0 {
@@ -311,95 +301,13 @@ func (d *Driver) stageImage(ctx context.Context, nv nodeVolume, staging string, 
 		return fmt.Errorf("volume_capability.mount.mount_flags: %w", err)
 	}
 	fsOpts = imageMountOptions(fsType, fsOpts)
-	readOnly := attrs.ReadOnly
 	state, err := d.formatState(ctx, nv)
 	if err != nil {
 		return err
 	}
-	info, probeErr := fsprobe.Read(ctx, dev)
-	if probeErr != nil && !errors.Is(probeErr, fsprobe.ErrNoFilesystem) {
-		return fmt.Errorf("volume %s: %w", nv.id, probeErr)
-	}
-	format := false
-	switch state {
-	case backend.FormatDone:
-	case backend.FormatPending:
-		if probeErr == nil {
-			d.log.Warn("volume was never formatted to completion: wiping what an interrupted mkfs left", "volume", nv.id, "found", info.Type)
-		}
-		format = true
-	default:
-		// No record: a volume from before records were kept, so a
-		// filesystem found is trusted as it always was, and only a device
-		// blank to blkid as well (it knows more than ext, xfs and btrfs)
-		// is formatted.
-		if probeErr != nil {
-			existing, err := d.node.DiskFormat(dev)
-			if err != nil {
-				return fmt.Errorf("volume %s: probe %s: %w", nv.id, dev, err)
-			}
-			format = existing == ""
-		}
-	}
-	if format {
-		if readOnly {
-			return fmt.Errorf("volume %s has no filesystem yet and cannot be formatted for a read-only stage: %w", nv.id, errdefs.ErrFailedPrecondition)
-		}
-		if err := d.formatImage(ctx, nv, dev, fsType, state == backend.FormatPending); err != nil {
-			return err
-		}
-	}
-	grow := false
-	if !format && probeErr == nil && !readOnly {
-		size, err := node.DeviceSize(dev)
-		if err != nil {
-			return fmt.Errorf("volume %s: %w", nv.id, err)
-		}
-		grow = node.NeedsGrow(info, size)
-	}
-	if grow && strings.HasPrefix(info.Type, "ext") {
-		if err := d.node.GrowExtOffline(ctx, nv.id, dev); err != nil {
-			return err
-		}
-		grow = false
-	}
-	// Mounted onto the staging directory as it was opened, without
-	// following a symlink: the path cannot be swapped under the mount.
-	sh, err := mountfd.Open(staging)
-	if err != nil {
-		return fmt.Errorf("staging_target_path: %w", err)
-	}
-	err = mountfd.MountFS(dev, sh, fsType, attrs, fsOpts)
-	sh.Close()
-	if err != nil {
-		return err
-	}
-	if grow {
-		if err := d.node.GrowOnline(ctx, nv.id, info.Type, staging); err != nil {
-			if uerr := mountfd.Unmount(staging); uerr != nil {
-				err = errors.Join(err, fmt.Errorf("unmount %s again: %w", staging, uerr))
-			}
-			return err
-		}
-	}
-	if state == backend.FormatUnknown && !format {
-		// A volume from before records were kept whose filesystem mounts:
-		// record it, so that it is never taken for unformatted. A failure
-		// only keeps the old behaviour.
-		if err := d.markFormatted(ctx, nv); err != nil {
-			d.log.Warn("cannot record that an existing volume is formatted", "volume", nv.id, "err", err)
-		}
-	}
-	return nil
-}
-
-// formatImage makes a fsType filesystem on dev (node.Format: wiped first
-// when wipe is set, then synced), and only then records the volume as
-// formatted.
-func (d *Driver) formatImage(ctx context.Context, nv nodeVolume, dev, fsType string, wipe bool) error {
-	if err := d.node.Format(ctx, nv.id, dev, fsType, mkfsArgs(fsType, nv.mkfs, dev), wipe); err != nil {
-		return err
-	}
-	crashpoint.Hit("stage:formatted")
-	return d.markFormatted(ctx, nv)
+	return d.node.MountImage(ctx, node.ImageMount{
+		VolID: nv.id, Dev: dev, FsType: fsType, Attrs: attrs, FsOpts: fsOpts,
+		MkfsArgs: mkfsArgs(fsType, nv.mkfs, dev), State: state,
+		MarkFormatted: func(ctx context.Context) error { return d.markFormatted(ctx, nv) },
+	}, staging)
 }
