@@ -18,21 +18,18 @@ import (
 	"runtime/debug"
 	"runtime/pprof"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
 	"k8s.io/klog/v2"
-	mount "k8s.io/mount-utils"
-	utilexec "k8s.io/utils/exec"
 
 	"github.com/cairn-csi/cairn/internal/backend/lvmpool"
 	"github.com/cairn-csi/cairn/internal/backend/staging"
 	"github.com/cairn-csi/cairn/internal/driver"
 	"github.com/cairn-csi/cairn/internal/endpoint"
 	"github.com/cairn-csi/cairn/internal/kubeletreg"
+	"github.com/cairn-csi/cairn/internal/node"
 	"github.com/cairn-csi/cairn/internal/store"
 )
 
@@ -249,7 +246,10 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	mounter := mount.NewSafeFormatAndMount(&firstMountGate{Interface: mount.New("")}, utilexec.New())
+	// The node layer: mounts, loop devices, growth, freeze markers. The
+	// driver's Node service is thin handlers over it, and its Controller
+	// service asks it where a volume is mounted.
+	nd := node.New(node.Config{Logger: log, Loop: node.KernelLoops{}, StateDir: c.DataDir})
 	d, err := driver.New(driver.Config{
 		Name:                c.DriverName,
 		Version:             Version(),
@@ -258,9 +258,9 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 		MaxVolumesPerNode:   c.MaxVolumesPerNode,
 		ControllerExpansion: c.ControllerExpansion,
 		Logger:              log,
-		Loop:                kernelLoops{},
+		Node:                nd,
 		StateDir:            c.DataDir,
-	}, st, dpools, mounter)
+	}, st, dpools, nil)
 	if err != nil {
 		return err
 	}
@@ -334,40 +334,4 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 	}
 	log.Info("stopped")
 	return nil
-}
-
-// firstMountGate serialises Mount and MountSensitive until one has
-// succeeded. mount-utils' Mounter detects systemd lazily on its first mount
-// and stores the answer without a lock, so concurrent first mounts (two
-// NodeStageVolume calls right after a start) are a data race; once a mount
-// has gone through, the answer is only read and calls run in parallel.
-type firstMountGate struct {
-	mount.Interface
-	mu    sync.Mutex
-	ready atomic.Bool
-}
-
-func (g *firstMountGate) Mount(source, target, fstype string, options []string) error {
-	return g.gated(func() error { return g.Interface.Mount(source, target, fstype, options) })
-}
-
-func (g *firstMountGate) MountSensitive(source, target, fstype string, options, sensitive []string) error {
-	return g.gated(func() error { return g.Interface.MountSensitive(source, target, fstype, options, sensitive) })
-}
-
-func (g *firstMountGate) gated(mount func() error) error {
-	if g.ready.Load() {
-		return mount()
-	}
-	g.mu.Lock()
-	if g.ready.Load() { // the call we waited for went through
-		g.mu.Unlock()
-		return mount()
-	}
-	defer g.mu.Unlock()
-	err := mount()
-	if err == nil {
-		g.ready.Store(true)
-	}
-	return err
 }

@@ -16,7 +16,6 @@ import (
 	"github.com/cairn-csi/cairn/internal/backend/imagepool"
 	"github.com/cairn-csi/cairn/internal/backend/lvmpool"
 	"github.com/cairn-csi/cairn/internal/driver"
-	"github.com/cairn-csi/cairn/internal/loopdev"
 )
 
 // poolSpec is one --pool name=type:path.
@@ -189,32 +188,4 @@ func openPools(ctx context.Context, specs poolFlags, mkfs mkfsFlags, o poolOptio
 		out = append(out, driver.Pool{Name: s.Name, Backend: b, Root: root, MkfsOptions: mkfs[s.Name]})
 	}
 	return out, nil
-}
-
-// kernelLoops is driver.LoopDevices over internal/loopdev.
-type kernelLoops struct{}
-
-func (kernelLoops) Attach(ctx context.Context, file string, readOnly bool, blockSize uint32) (string, error) {
-	d, err := loopdev.Attach(ctx, file, loopdev.Options{ReadOnly: readOnly, DirectIO: true, BlockSize: blockSize})
-	return d.Path, err
-}
-
-func (kernelLoops) Find(ctx context.Context, file string) ([]string, error) {
-	devs, err := loopdev.FindByBackingFile(ctx, file)
-	var out []string
-	for _, d := range devs {
-		out = append(out, d.Path)
-	}
-	return out, err
-}
-
-func (kernelLoops) Detach(ctx context.Context, dev string) error { return loopdev.Detach(ctx, dev) }
-func (kernelLoops) Refresh(ctx context.Context, dev string) error {
-	return loopdev.SetCapacity(ctx, dev)
-}
-
-func (kernelLoops) BackingID(dev string) (uint64, uint64, bool) { return loopdev.BackingID(dev) }
-
-func (kernelLoops) List(ctx context.Context) ([]loopdev.Device, error) {
-	return loopdev.List(ctx)
 }

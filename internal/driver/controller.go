@@ -2,7 +2,6 @@ package driver
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 	"regexp"
@@ -11,7 +10,6 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -614,7 +612,7 @@ func (d *Driver) deleteVolume(ctx context.Context, id string) error {
 		return fmt.Errorf("volume %s is in pool %q, which is not configured: %w", id, v.Pool, errdefs.ErrFailedPrecondition)
 	}
 	if src, err := pool.Source(ctx, id); err == nil {
-		if mps, err := d.mountsOf(ctx, src); err == nil && len(mps) > 0 {
+		if mps, err := d.node.MountsOf(ctx, src); err == nil && len(mps) > 0 {
 			return fmt.Errorf("volume %s is still mounted at %v: %w", id, mps, errdefs.ErrFailedPrecondition)
 		}
 		if err := d.detachForDelete(ctx, id, src); err != nil {
@@ -645,27 +643,17 @@ func (d *Driver) detachForDelete(ctx context.Context, id string, src backend.Sou
 		}
 		return nil
 	}
-	if src.Kind != backend.SourceImageFile || d.cfg.Loop == nil {
+	if src.Kind != backend.SourceImageFile || !d.node.HasLoops() {
 		return nil
 	}
-	devs, err := d.cfg.Loop.Find(ctx, src.Path)
+	devs, err := d.node.Loops().Find(ctx, src.Path)
 	if err != nil {
 		return err
 	}
 	if err := closeLUKS(ctx, id); err != nil {
 		return fmt.Errorf("%w: %w", err, errdefs.ErrFailedPrecondition)
 	}
-	for _, dev := range devs {
-		err := d.cfg.Loop.Detach(ctx, dev)
-		if errors.Is(err, unix.EBUSY) {
-			return fmt.Errorf("volume %s is attached to %s, which a process still holds open; unstage it first: %w", id, dev, errdefs.ErrFailedPrecondition)
-		}
-		if err != nil {
-			return fmt.Errorf("detach %s before delete: %w", dev, err)
-		}
-		d.log.Info("loop device detached before delete", "volume", id, "device", dev)
-	}
-	return nil
+	return d.node.DetachBeforeDelete(ctx, id, devs)
 }
 
 func (d *Driver) volumeRecord(ctx context.Context, id string) (store.Volume, error) {
@@ -761,7 +749,7 @@ func (d *Driver) publishedNodes(ctx context.Context, v store.Volume) []string {
 	if err != nil {
 		return nil
 	}
-	if mps, err := d.mountsOf(ctx, src); err == nil && len(mps) > 0 {
+	if mps, err := d.node.MountsOf(ctx, src); err == nil && len(mps) > 0 {
 		return []string{d.cfg.NodeID}
 	}
 	return nil
@@ -873,63 +861,12 @@ func (d *Driver) ControllerExpandVolume(ctx context.Context, req *csi.Controller
 		return nil, err
 	}
 	defer unlock()
-	v, size, err := d.expand(ctx, req.GetVolumeId(), req.GetCapacityRange())
+	v, size, err := d.expandVolume(ctx, req.GetVolumeId(), req.GetCapacityRange())
 	if err != nil {
 		return nil, err
 	}
 	nodeNeeded := d.needsNodeExpansion(ctx, v)
 	return &csi.ControllerExpandVolumeResponse{CapacityBytes: size, NodeExpansionRequired: nodeNeeded}, nil
-}
-
-// expand grows a volume's backing storage and records the new size. The
-// caller holds the volume's lock.
-func (d *Driver) expand(ctx context.Context, id string, r *csi.CapacityRange) (store.Volume, int64, error) {
-	v, err := d.volumeRecord(ctx, id)
-	if err != nil {
-		return v, 0, err
-	}
-	want, lim := r.GetRequiredBytes(), r.GetLimitBytes()
-	if want < 0 || lim < 0 {
-		return v, 0, invalid("capacity_range must not be negative")
-	}
-	if lim > 0 && lim < v.CapacityBytes {
-		return v, 0, fmt.Errorf("capacity_range: limit_bytes %d is below the current %d bytes; volumes do not shrink: %w", lim, v.CapacityBytes, errdefs.ErrOutOfRange)
-	}
-	if want <= v.CapacityBytes {
-		return v, v.CapacityBytes, nil
-	}
-	pool, ok := d.pools[v.Pool]
-	if !ok {
-		return v, 0, fmt.Errorf("pool %q is not configured: %w", v.Pool, errdefs.ErrFailedPrecondition)
-	}
-	ex, ok := pool.(backend.Expander)
-	if !ok {
-		return v, 0, fmt.Errorf("pool %s (%s) cannot expand volumes: %w", v.Pool, pool.Type(), errdefs.ErrNotSupported)
-	}
-	if c, err := pool.Capacity(ctx); err == nil && want-v.CapacityBytes > c.AvailableBytes {
-		return v, 0, fmt.Errorf("pool %s has %d bytes free, %d more requested: %w", v.Pool, c.AvailableBytes, want-v.CapacityBytes, errdefs.ErrResourceExhausted)
-	}
-	got, err := ex.ExpandVolume(ctx, id, want)
-	if err != nil {
-		return v, 0, err
-	}
-	if lim > 0 && got > lim {
-		return v, 0, fmt.Errorf("pool rounded the size to %d, above limit_bytes %d: %w", got, lim, errdefs.ErrOutOfRange)
-	}
-	err = d.store.Update(ctx, func(tx *store.Tx) error {
-		cur, err := tx.Volume(id)
-		if err != nil {
-			return err
-		}
-		cur.CapacityBytes = got
-		v = cur
-		return tx.PutVolume(cur)
-	})
-	if err != nil {
-		return v, 0, err
-	}
-	d.log.Info("volume expanded", "volume", id, "bytes", got)
-	return v, got, nil
 }
 
 // needsNodeExpansion is ControllerExpandVolume's node_expansion_required:

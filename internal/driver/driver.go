@@ -19,6 +19,7 @@ import (
 	"github.com/cairn-csi/cairn/internal/backend"
 	"github.com/cairn-csi/cairn/internal/errdefs"
 	"github.com/cairn-csi/cairn/internal/keylock"
+	"github.com/cairn-csi/cairn/internal/node"
 	"github.com/cairn-csi/cairn/internal/store"
 )
 
@@ -58,9 +59,19 @@ type Config struct {
 	ControllerExpansion bool  // advertise controller EXPAND_VOLUME
 	DefaultCapacity     int64 // bytes, when a request names none
 	Logger              *slog.Logger
-	Loop                LoopDevices // nil when no pool serves image files
-	StateDir            string      // the driver's own files (ephemeral staging), under the data dir
+	// Node is the node layer (mounts, loop devices, growth, freeze
+	// markers); nil: one is made from Loop, the mounter New is given and
+	// StateDir.
+	Node     *node.Node
+	Loop     LoopDevices // nil when no pool serves image files; Node's when Node is set
+	StateDir string      // the driver's own files (ephemeral staging), under the data dir
 }
+
+// LoopDevices is what the node layer needs of loop devices.
+type LoopDevices = node.LoopDevices
+
+// LoopBackingIDs is what LoopDevices may also do (node.LoopBackingIDs).
+type LoopBackingIDs = node.LoopBackingIDs
 
 // Pool is a named backend.
 type Pool struct {
@@ -87,7 +98,7 @@ type Driver struct {
 	pools      map[string]backend.Backend
 	poolOrder  []string
 	topo       *csi.Topology // this node's topology, shared by every message (topology)
-	mounter    *mount.SafeFormatAndMount
+	node       *node.Node    // every mount, loop device and freeze goes through it
 	locks      keylock.Locks
 	ready      atomic.Bool
 	lastProbe  atomic.Pointer[string]         // Probe's last verdict, to log changes only
@@ -96,7 +107,8 @@ type Driver struct {
 	adminMkfs  map[string]map[string][]string // pool → fs type → trusted mkfs arguments
 }
 
-// New makes a driver. st may be nil only in node mode.
+// New makes a driver. st may be nil only in node mode. mounter is used
+// only when cfg.Node is nil, to make the node layer.
 func New(cfg Config, st *store.Store, pools []Pool, mounter *mount.SafeFormatAndMount) (*Driver, error) {
 	if err := requireString("driver name", cfg.Name); err != nil {
 		return nil, err
@@ -119,7 +131,11 @@ func New(cfg Config, st *store.Store, pools []Pool, mounter *mount.SafeFormatAnd
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	d := &Driver{cfg: cfg, log: cfg.Logger, store: st, pools: map[string]backend.Backend{}, mounter: mounter}
+	if cfg.Node == nil {
+		cfg.Node = node.New(node.Config{Logger: cfg.Logger, Loop: cfg.Loop, Mounter: mounter, StateDir: cfg.StateDir})
+	}
+	cfg.Loop = cfg.Node.Loops()
+	d := &Driver{cfg: cfg, log: cfg.Logger, store: st, pools: map[string]backend.Backend{}, node: cfg.Node}
 	d.topo = &csi.Topology{Segments: map[string]string{TopologyKey: cfg.NodeID}}
 	for _, p := range pools {
 		if err := requireID("pool name", p.Name); err != nil {
@@ -178,7 +194,7 @@ func (d *Driver) pool(name string) (string, backend.Backend, error) {
 // Start reconciles every pool against the store (controller side) and
 // marks the driver ready. It must run before serving.
 func (d *Driver) Start(ctx context.Context) error {
-	d.thawLeftovers(ctx)
+	d.node.ThawLeftovers(ctx)
 	if d.cfg.Mode.controller() {
 		if err := d.reconcileStore(ctx); err != nil {
 			return err

@@ -252,7 +252,7 @@ func (d *Driver) reconcileKeys(ctx context.Context) {
 		if present, err := fscrypt.KeyPresent(src.Path, kid); err != nil || !present {
 			continue
 		}
-		if mps, err := d.mountsOf(ctx, src); err != nil || len(mps) > 0 {
+		if mps, err := d.node.MountsOf(ctx, src); err != nil || len(mps) > 0 {
 			continue
 		}
 		if _, err := fscrypt.RemoveKey(keyringDir(src), kid); err != nil {
@@ -285,7 +285,7 @@ func (d *Driver) lockDir(ctx context.Context, nv nodeVolume) error {
 	if err != nil {
 		return err
 	}
-	mps, err := d.mountsOf(ctx, nv.src)
+	mps, err := d.node.MountsOf(ctx, nv.src)
 	if err != nil {
 		return err
 	}

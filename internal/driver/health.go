@@ -151,15 +151,15 @@ func (d *Driver) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolume
 		if err := requirePath("volume_publish_path", p); err != nil {
 			return nil, err
 		}
-		id, err := d.identityOf(ctx, nv.src)
+		id, err := d.node.IdentityOf(ctx, nv.src)
 		if err != nil {
 			return nil, err
 		}
-		st, err := d.inspect(p, id)
+		st, err := d.node.Inspect(p, id)
 		if err != nil {
 			return nil, err
 		}
-		if !st.mounted || !st.ours {
+		if !st.Mounted || !st.Ours {
 			h.HealthStatuses = append(h.HealthStatuses, healthEntry(csi.VolumeHealthErrorType_DEGRADED,
 				"NotMounted", fmt.Sprintf("volume is not mounted at %s", p)))
 		}

@@ -8,15 +8,16 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"golang.org/x/sys/unix"
 
 	"github.com/cairn-csi/cairn/internal/backend"
 	"github.com/cairn-csi/cairn/internal/errdefs"
 	"github.com/cairn-csi/cairn/internal/luks"
 	"github.com/cairn-csi/cairn/internal/mkfsopts"
 	"github.com/cairn-csi/cairn/internal/mountfd"
+	"github.com/cairn-csi/cairn/internal/node"
 	"github.com/cairn-csi/cairn/internal/store"
 )
 
@@ -181,68 +182,31 @@ func (d *Driver) planStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 // after a failed stage), the directory key, then the mount.
 func (d *Driver) executeStage(ctx context.Context, nv nodeVolume, req *csi.NodeStageVolumeRequest) (retErr error) {
 	staging := req.GetStagingTargetPath()
-	if nv.src.Kind == backend.SourceImageFile {
-		if d.cfg.Loop == nil {
-			return fmt.Errorf("image volumes need loop devices: %w", errdefs.ErrFailedPrecondition)
+	// What a failed stage undoes, run newest first: a LUKS mapping is
+	// closed before its loop device is detached.
+	var undo []func()
+	defer func() {
+		if retErr != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
 		}
-		devs, err := d.cfg.Loop.Find(ctx, nv.src.Path)
-		if err != nil {
+	}()
+	switch nv.src.Kind {
+	case backend.SourceImageFile:
+		if err := d.prepareImage(ctx, nv, req, &undo); err != nil {
 			return err
-		}
-		if len(devs) == 0 {
-			dev, err := d.cfg.Loop.Attach(ctx, nv.src.Path, false, d.imageBlockSize(ctx, nv, req.GetVolumeCapability()))
-			if err != nil {
-				return fmt.Errorf("attach %s: %w", nv.src.Path, err)
-			}
-			d.log.Info("loop device attached", "volume", nv.id, "device", dev)
-			// A stage that fails after this point must not leave the device
-			// behind: a CO need not call NodeUnstageVolume after a failed
-			// NodeStageVolume.
-			defer func() {
-				if retErr == nil {
-					return
-				}
-				if err := d.cfg.Loop.Detach(context.WithoutCancel(ctx), dev); err != nil {
-					d.log.Error("detach after a failed stage", "volume", nv.id, "device", dev, "err", err)
-				}
-			}()
-		}
-		if isLUKS, err := isLUKSVolume(nv); err != nil {
-			return err
-		} else if isLUKS {
-			dev, err := d.cfg.Loop.Find(ctx, nv.src.Path)
-			if err != nil || len(dev) == 0 {
-				return fmt.Errorf("loop device for %s vanished: %v: %w", nv.src.Path, err, errdefs.ErrAborted)
-			}
-			if _, err := d.openLUKS(ctx, nv, dev[0], req.GetSecrets()); err != nil {
-				return err
-			}
-			// Closed again if the stage fails, before the deferred detach.
-			defer func() {
-				if retErr != nil {
-					if err := closeLUKS(context.WithoutCancel(ctx), nv.id); err != nil {
-						d.log.Error("close after a failed stage", "volume", nv.id, "err", err)
-					}
-				}
-			}()
 		}
 		if nv.block(req.GetVolumeCapability()) {
 			return nil // publish bind-mounts the device itself
 		}
-	}
-	if nv.src.Kind == backend.SourceBlockDevice {
+	case backend.SourceBlockDevice:
 		opened, err := d.openBlockDevice(ctx, nv, req.GetSecrets())
 		if err != nil {
 			return err
 		}
 		if opened {
-			defer func() {
-				if retErr != nil {
-					if err := closeLUKS(context.WithoutCancel(ctx), nv.id); err != nil {
-						d.log.Error("close after a failed stage", "volume", nv.id, "err", err)
-					}
-				}
-			}()
+			undo = append(undo, d.closeAfterFailedStage(ctx, nv))
 		}
 	}
 
@@ -253,30 +217,25 @@ func (d *Driver) executeStage(ctx context.Context, nv nodeVolume, req *csi.NodeS
 	if err != nil {
 		return err
 	}
-	id, err := d.identityOf(ctx, nv.src)
+	id, err := d.node.IdentityOf(ctx, nv.src)
 	if err != nil {
 		return err
 	}
-	st, err := d.inspect(staging, id)
+	st, err := d.node.Inspect(staging, id)
 	if err != nil {
 		return err
 	}
 	switch {
-	case st.mounted && st.ours:
+	case st.Mounted && st.Ours:
 		return nil
-	case st.mounted:
+	case st.Mounted:
 		return fmt.Errorf("staging_target_path %q is a mount of something else: %w", staging, errdefs.ErrAlreadyExists)
 	}
 
 	m := req.GetVolumeCapability().GetMount()
 	switch nv.src.Kind {
 	case backend.SourceDirectory:
-		sh, err := mountfd.Open(staging)
-		if err != nil {
-			return fmt.Errorf("staging_target_path: %w", err)
-		}
-		defer sh.Close()
-		if err := bindAt(nv.src.Path, nil, sh, mountfd.Attrs{}); err != nil {
+		if err := d.node.StageDir(nv.src.Path, staging); err != nil {
 			if encrypted {
 				err = errors.Join(err, d.lockDir(ctx, nv))
 			}
@@ -295,6 +254,49 @@ func (d *Driver) executeStage(ctx context.Context, nv nodeVolume, req *csi.NodeS
 	}
 	d.log.Info("volume staged", "volume", nv.id, "staging", staging)
 	return nil
+}
+
+// prepareImage readies an image volume's device for stage: its loop
+// device (node.AttachImage, when not attached yet) and, for an encrypted
+// volume, its LUKS mapping. Each step it takes adds its undo to undo, for
+// a stage that fails later (a CO need not unstage after a failed stage).
+func (d *Driver) prepareImage(ctx context.Context, nv nodeVolume, req *csi.NodeStageVolumeRequest, undo *[]func()) error {
+	if !d.node.HasLoops() {
+		return fmt.Errorf("image volumes need loop devices: %w", errdefs.ErrFailedPrecondition)
+	}
+	devs, err := d.node.Loops().Find(ctx, nv.src.Path)
+	if err != nil {
+		return err
+	}
+	if len(devs) == 0 {
+		_, rollback, err := d.node.AttachImage(ctx, nv.id, nv.src.Path, d.imageBlockSize(ctx, nv, req.GetVolumeCapability()))
+		if err != nil {
+			return err
+		}
+		*undo = append(*undo, rollback)
+	}
+	isLUKS, err := isLUKSVolume(nv)
+	if err != nil || !isLUKS {
+		return err
+	}
+	dev, err := d.node.Loops().Find(ctx, nv.src.Path)
+	if err != nil || len(dev) == 0 {
+		return fmt.Errorf("loop device for %s vanished: %v: %w", nv.src.Path, err, errdefs.ErrAborted)
+	}
+	if _, err := d.openLUKS(ctx, nv, dev[0], req.GetSecrets()); err != nil {
+		return err
+	}
+	*undo = append(*undo, d.closeAfterFailedStage(ctx, nv))
+	return nil
+}
+
+// closeAfterFailedStage is the undo of opening nv's LUKS mapping.
+func (d *Driver) closeAfterFailedStage(ctx context.Context, nv nodeVolume) func() {
+	return func() {
+		if err := closeLUKS(context.WithoutCancel(ctx), nv.id); err != nil {
+			d.log.Error("close after a failed stage", "volume", nv.id, "err", err)
+		}
+	}
 }
 
 // NodeUnstageVolume implements csi.NodeServer. It works whether or not the
@@ -323,13 +325,13 @@ func (d *Driver) nodeUnstage(ctx context.Context, req *csi.NodeUnstageVolumeRequ
 	if err != nil && !errdefs.Is(err, errdefs.ErrNotFound) {
 		return err
 	}
-	var id mountIdentity
+	var id node.Identity
 	if err == nil {
-		if id, err = d.identityOf(ctx, nv.src); err != nil {
+		if id, err = d.node.IdentityOf(ctx, nv.src); err != nil {
 			return err
 		}
 	}
-	n, foreign, uerr := d.unmountOurs(ctx, staging, id)
+	n, foreign, uerr := d.node.UnmountOurs(ctx, staging, id)
 	if uerr != nil {
 		return uerr
 	}
@@ -341,7 +343,7 @@ func (d *Driver) nodeUnstage(ctx context.Context, req *csi.NodeUnstageVolumeRequ
 		}
 	}
 	switch {
-	case err == nil && nv.src.Kind == backend.SourceImageFile && d.cfg.Loop != nil:
+	case err == nil && nv.src.Kind == backend.SourceImageFile && d.node.HasLoops():
 		if err := d.detachUnused(ctx, nv); err != nil {
 			return err
 		}
@@ -349,7 +351,7 @@ func (d *Driver) nodeUnstage(ctx context.Context, req *csi.NodeUnstageVolumeRequ
 		if err := d.closeBlockDevice(ctx, nv); err != nil {
 			return err
 		}
-	case errdefs.Is(err, errdefs.ErrNotFound) && d.cfg.Loop != nil:
+	case errdefs.Is(err, errdefs.ErrNotFound) && d.node.HasLoops():
 		// Deleted while staged: its image is unlinked but may still be
 		// attached, and this is the last call the node gets for it.
 		if err := d.detachDeletedImage(ctx, req.GetVolumeId()); err != nil {
@@ -366,7 +368,7 @@ func (d *Driver) nodeUnstage(ctx context.Context, req *csi.NodeUnstageVolumeRequ
 
 // detachUnused detaches the volume's loop devices once nothing mounts them.
 func (d *Driver) detachUnused(ctx context.Context, nv nodeVolume) error {
-	mps, err := d.mountsOf(ctx, nv.src)
+	mps, err := d.node.MountsOf(ctx, nv.src)
 	if err != nil {
 		return err
 	}
@@ -376,34 +378,16 @@ func (d *Driver) detachUnused(ctx context.Context, nv nodeVolume) error {
 	if err := closeLUKS(ctx, nv.id); err != nil {
 		return err
 	}
-	devs, err := d.cfg.Loop.Find(ctx, nv.src.Path)
+	devs, err := d.node.Loops().Find(ctx, nv.src.Path)
 	if err != nil {
 		return err
 	}
 	for _, dev := range devs {
-		if err := d.detach(ctx, nv.id, dev); err != nil {
+		if err := d.node.Detach(ctx, nv.id, dev); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-// detach detaches a loop device that no mount of ours uses any more. If a
-// process elsewhere still holds it open (a mount namespace that copied the
-// mount, a stray blkid), the kernel has already marked it to detach at its
-// last close: that is logged, not failed, so that unstage converges
-// instead of retrying forever on something it cannot change.
-func (d *Driver) detach(ctx context.Context, volID, dev string) error {
-	err := d.cfg.Loop.Detach(ctx, dev)
-	switch {
-	case err == nil:
-		d.log.Info("loop device detached", "volume", volID, "device", dev)
-		return nil
-	case errors.Is(err, unix.EBUSY):
-		d.log.Warn("loop device still open elsewhere; the kernel detaches it at its last close", "volume", volID, "device", dev, "err", err)
-		return nil
-	}
-	return fmt.Errorf("detach %s: %w", dev, err)
 }
 
 // NodePublishVolume implements csi.NodeServer: a bind mount of the staged
@@ -490,7 +474,7 @@ func (d *Driver) planPublish(ctx context.Context, req *csi.NodePublishVolumeRequ
 	if err := nv.checkAccess(cap); err != nil {
 		return p, err
 	}
-	id, err := d.identityOf(ctx, nv.src)
+	id, err := d.node.IdentityOf(ctx, nv.src)
 	if err != nil {
 		return p, err
 	}
@@ -505,9 +489,9 @@ func (d *Driver) planPublish(ctx context.Context, req *csi.NodePublishVolumeRequ
 		if p.bindSource, err = d.volumeDevice(ctx, nv); err != nil {
 			return p, err
 		}
-	} else if st, err := d.inspect(staging, id); err != nil {
+	} else if st, err := d.node.Inspect(staging, id); err != nil {
 		return p, err
-	} else if !st.mounted || !st.ours {
+	} else if !st.Mounted || !st.Ours {
 		return p, fmt.Errorf("volume %s is not staged at %q: %w", nv.id, staging, errdefs.ErrFailedPrecondition)
 	}
 
@@ -523,17 +507,17 @@ func (d *Driver) planPublish(ctx context.Context, req *csi.NodePublishVolumeRequ
 	readOnly := p.attrs.ReadOnly || req.GetReadonly() || cap.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
 	p.attrs.ReadOnly = readOnly
 
-	st, err := d.inspect(target, id)
+	st, err := d.node.Inspect(target, id)
 	if err != nil {
 		return p, fmt.Errorf("target_path: %w", err)
 	}
 	switch {
-	case st.mounted && st.ours && st.readOnly == readOnly:
+	case st.Mounted && st.Ours && st.ReadOnly == readOnly:
 		p.done = true // already published: never stack a second mount
 		return p, nil
-	case st.mounted && st.ours:
-		return p, fmt.Errorf("volume %s is already published at %q with readonly=%t: %w", nv.id, target, st.readOnly, errdefs.ErrAlreadyExists)
-	case st.mounted:
+	case st.Mounted && st.Ours:
+		return p, fmt.Errorf("volume %s is already published at %q with readonly=%t: %w", nv.id, target, st.ReadOnly, errdefs.ErrAlreadyExists)
+	case st.Mounted:
 		return p, fmt.Errorf("target_path %q is already a mount of something else: %w", target, errdefs.ErrAlreadyExists)
 	}
 	return p, d.checkSingleWriter(ctx, nv, cap, staging, target)
@@ -545,45 +529,26 @@ func (d *Driver) checkSingleWriter(ctx context.Context, nv nodeVolume, cap *csi.
 	if cap.GetAccessMode().GetMode() != csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER {
 		return nil
 	}
-	mps, err := d.mountsOf(ctx, nv.src)
+	mp, err := d.node.MountedElsewhere(ctx, nv.src, staging, target)
 	if err != nil {
 		return err
 	}
-	for _, mp := range mps {
-		if mp != staging && mp != target {
-			return fmt.Errorf("volume %s is single-writer and already published at %q: %w", nv.id, mp, errdefs.ErrFailedPrecondition)
-		}
+	if mp != "" {
+		return fmt.Errorf("volume %s is single-writer and already published at %q: %w", nv.id, mp, errdefs.ErrFailedPrecondition)
 	}
 	return nil
 }
 
-// executePublish makes the target (a directory, or a file for block
-// access) and binds the plan's source there, removing a target it made if
-// the bind fails.
+// executePublish binds the plan's source at the target (node.Publish).
 func (d *Driver) executePublish(req *csi.NodePublishVolumeRequest, p publishPlan) error {
-	staging, target, nv, cap := req.GetStagingTargetPath(), req.GetTargetPath(), p.nv, req.GetVolumeCapability()
-	th, created, err := mountfd.MakeTarget(target, nv.block(cap))
+	err := d.node.Publish(node.PublishSpec{
+		Staging: req.GetStagingTargetPath(), Target: req.GetTargetPath(),
+		Block: p.nv.block(req.GetVolumeCapability()), Source: p.bindSource, Attrs: p.attrs,
+	})
 	if err != nil {
-		return fmt.Errorf("target_path: %w", err)
-	}
-	defer th.Close()
-	var src *mountfd.Handle
-	if !nv.block(cap) {
-		// The staged mount, opened the same symlink-free way, is cloned.
-		if src, err = mountfd.Open(staging); err != nil {
-			return fmt.Errorf("staging_target_path: %w", err)
-		}
-		defer src.Close()
-	}
-	if err := bindAt(p.bindSource, src, th, p.attrs); err != nil {
-		if created {
-			if rerr := mountfd.RemoveTarget(target); rerr != nil {
-				err = errors.Join(err, rerr)
-			}
-		}
 		return err
 	}
-	d.log.Info("volume published", "volume", nv.id, "target", target, "readonly", p.attrs.ReadOnly)
+	d.log.Info("volume published", "volume", p.nv.id, "target", req.GetTargetPath(), "readonly", p.attrs.ReadOnly)
 	return nil
 }
 
@@ -628,18 +593,13 @@ func (d *Driver) nodeUnpublish(ctx context.Context, req *csi.NodeUnpublishVolume
 		d.log.Warn("unpublish: no such volume on this node; target left untouched", "volume", req.GetVolumeId(), "target", target)
 		return nil
 	}
-	n, foreign, err := d.unmountOurs(ctx, target, id)
+	n, foreign, err := d.node.Unpublish(ctx, target, id)
 	if err != nil {
 		return err
 	}
 	if foreign {
 		d.log.Warn("unpublish: target_path holds a mount that is not this volume's; left untouched", "volume", req.GetVolumeId(), "target", target, "unmounted", n)
 		return nil
-	}
-	// Only an empty directory or a file goes: if anything is left inside,
-	// it is not ours.
-	if err := mountfd.RemoveTarget(target); err != nil {
-		return fmt.Errorf("remove target %s: %w", target, err)
 	}
 	if n > 0 {
 		d.log.Info("volume unpublished", "volume", req.GetVolumeId(), "target", target, "unmounted", n)
@@ -651,7 +611,7 @@ func (d *Driver) nodeUnpublish(ctx context.Context, req *csi.NodeUnpublishVolume
 // mounted for volID: the volume's, or for an ephemeral volume (published
 // under kubelet's ID) the identity of the volume made for it. known is
 // false when there is no such volume here.
-func (d *Driver) publishedIdentity(ctx context.Context, volID string) (mountIdentity, bool, error) {
+func (d *Driver) publishedIdentity(ctx context.Context, volID string) (node.Identity, bool, error) {
 	nv, err := d.findVolume(ctx, volID, nil)
 	if errdefs.Is(err, errdefs.ErrNotFound) && d.store != nil {
 		var rec store.Volume
@@ -663,12 +623,12 @@ func (d *Driver) publishedIdentity(ctx context.Context, volID string) (mountIden
 		}
 	}
 	if errdefs.Is(err, errdefs.ErrNotFound) {
-		return mountIdentity{}, false, nil
+		return node.Identity{}, false, nil
 	}
 	if err != nil {
-		return mountIdentity{}, false, err
+		return node.Identity{}, false, err
 	}
-	id, err := d.identityOf(ctx, nv.src)
+	id, err := d.node.IdentityOf(ctx, nv.src)
 	return id, err == nil, err
 }
 
@@ -690,15 +650,15 @@ func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 	if err != nil {
 		return nil, err
 	}
-	id, err := d.identityOf(ctx, nv.src)
+	id, err := d.node.IdentityOf(ctx, nv.src)
 	if err != nil {
 		return nil, err
 	}
-	st, err := d.inspect(path, id)
+	st, err := d.node.Inspect(path, id)
 	if err != nil {
 		return nil, err
 	}
-	if !st.exists || !st.mounted || !st.ours {
+	if !st.Exists || !st.Mounted || !st.Ours {
 		return nil, fmt.Errorf("volume %s is not mounted at %q: %w", nv.id, path, errdefs.ErrNotFound)
 	}
 	u, err := d.usageAt(ctx, nv, path)
@@ -778,7 +738,7 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 	if nv.rec != nil {
 		size = nv.rec.CapacityBytes
 		if want := req.GetCapacityRange().GetRequiredBytes(); want > size {
-			_, size, err = d.expand(ctx, nv.id, req.GetCapacityRange())
+			_, size, err = d.expandVolume(ctx, nv.id, req.GetCapacityRange())
 			if err != nil {
 				return nil, err
 			}
@@ -789,7 +749,7 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 			return nil, err
 		}
 	}
-	if nv.src.Kind == backend.SourceImageFile && d.cfg.Loop != nil {
+	if nv.src.Kind == backend.SourceImageFile && d.node.HasLoops() {
 		if err := d.growImageOnNode(ctx, nv, path); err != nil {
 			return nil, err
 		}
@@ -812,23 +772,23 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 // else is NOT_FOUND, so a caller cannot make the node grow or report on a
 // path that is not the volume's.
 func (d *Driver) checkExpandPath(ctx context.Context, nv nodeVolume, c *csi.VolumeCapability, path string) error {
-	id, err := d.identityOf(ctx, nv.src)
+	id, err := d.node.IdentityOf(ctx, nv.src)
 	if err != nil {
 		return err
 	}
-	st, err := d.inspect(path, id)
+	st, err := d.node.Inspect(path, id)
 	if err != nil {
 		return fmt.Errorf("volume_path: %w", err)
 	}
-	if st.mounted && st.ours {
+	if st.Mounted && st.Ours {
 		return nil
 	}
 	block := c.GetBlock() != nil || (nv.rec != nil && nv.rec.AccessType == store.AccessBlock)
-	if block && st.exists && nv.src.Kind == backend.SourceBlockDevice {
+	if block && st.Exists && nv.src.Kind == backend.SourceBlockDevice {
 		return nil // the device is there whenever the LV is active
 	}
-	if block && st.exists && nv.src.Kind == backend.SourceImageFile && d.cfg.Loop != nil {
-		if devs, err := d.cfg.Loop.Find(ctx, nv.src.Path); err == nil && len(devs) > 0 {
+	if block && st.Exists && nv.src.Kind == backend.SourceImageFile && d.node.HasLoops() {
+		if devs, err := d.node.Loops().Find(ctx, nv.src.Path); err == nil && len(devs) > 0 {
 			return nil
 		}
 	}
@@ -843,12 +803,12 @@ func (d *Driver) checkExpandPath(ctx context.Context, nv nodeVolume, c *csi.Volu
 // or a plain directory (Kubernetes passes one), and a filesystem the
 // workload made on its raw device is the workload's to grow, or not.
 func (d *Driver) growImageOnNode(ctx context.Context, nv nodeVolume, path string) error {
-	devs, err := d.cfg.Loop.Find(ctx, nv.src.Path)
+	devs, err := d.node.Loops().Find(ctx, nv.src.Path)
 	if err != nil {
 		return err
 	}
 	for _, dev := range devs {
-		if err := d.cfg.Loop.Refresh(ctx, dev); err != nil {
+		if err := d.node.Loops().Refresh(ctx, dev); err != nil {
 			return fmt.Errorf("refresh %s: %w", dev, err)
 		}
 	}
@@ -867,7 +827,7 @@ func (d *Driver) growImageOnNode(ctx context.Context, nv nodeVolume, path string
 	if ok, err := d.filesystemMountedAt(ctx, nv, path); err != nil || !ok {
 		return err
 	}
-	return d.resizeFS(ctx, dev, path)
+	return d.node.ResizeFS(ctx, dev, path)
 }
 
 // filesystemMountedAt reports whether path is a mount of nv's filesystem:
@@ -878,16 +838,16 @@ func (d *Driver) filesystemMountedAt(ctx context.Context, nv nodeVolume, path st
 	if nv.rec != nil && nv.rec.AccessType == store.AccessBlock {
 		return false, nil
 	}
-	id, err := d.identityOf(ctx, nv.src)
+	id, err := d.node.IdentityOf(ctx, nv.src)
 	if err != nil {
 		return false, err
 	}
-	st, err := d.inspect(path, id)
+	st, err := d.node.Inspect(path, id)
 	if err != nil {
 		return false, err
 	}
 	fi, err := os.Stat(path)
-	return err == nil && fi.IsDir() && st.mounted && st.ours, nil
+	return err == nil && fi.IsDir() && st.Mounted && st.Ours, nil
 }
 
 // NodeGetCapabilities implements csi.NodeServer.
@@ -922,7 +882,7 @@ func (d *Driver) NodeGetInfo(ctx context.Context, _ *csi.NodeGetInfoRequest) (*c
 // devices of volumes are not torn down: after a driver restart, workloads
 // are still using them.
 func (d *Driver) reconcileNode(ctx context.Context) {
-	if d.cfg.Loop == nil {
+	if !d.node.HasLoops() {
 		return
 	}
 	d.reconcileLoops(ctx)
@@ -935,4 +895,29 @@ func firstNonEmpty(vals ...string) string {
 		}
 	}
 	return ""
+}
+
+// underPool reports which protected root (a pool's root, or the driver's
+// data directory) path is, or is below. Node calls refuse such paths: a
+// staging or target path inside a pool would mount one volume over
+// another's data, and unpublish would remove a volume's directory.
+func (d *Driver) underPool(path string) (string, bool) {
+	for _, root := range d.protected {
+		if path == root || strings.HasPrefix(path, root+"/") {
+			return root, true
+		}
+	}
+	return "", false
+}
+
+// checkNodePath is requirePath plus the refusal of pool paths, for the
+// paths the CO hands to node calls.
+func (d *Driver) checkNodePath(field, p string) error {
+	if err := requirePath(field, p); err != nil {
+		return err
+	}
+	if root, ok := d.underPool(filepath.Clean(p)); ok {
+		return invalid("%s %q is inside %q, which belongs to cairn; the CO's staging and target paths must be outside every pool and the data directory", field, truncate(p), root)
+	}
+	return nil
 }

@@ -1,55 +1,29 @@
 package driver
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"io/fs"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
-	mount "k8s.io/mount-utils"
-	utilexec "k8s.io/utils/exec"
 
 	"github.com/cairn-csi/cairn/internal/backend"
-	"github.com/cairn-csi/cairn/internal/crashpoint"
 	"github.com/cairn-csi/cairn/internal/errdefs"
-	"github.com/cairn-csi/cairn/internal/fsfreeze"
 	"github.com/cairn-csi/cairn/internal/fsprobe"
 	"github.com/cairn-csi/cairn/internal/mountfd"
+	"github.com/cairn-csi/cairn/internal/node"
 	"github.com/cairn-csi/cairn/internal/store"
 )
-
-// resizeFS grows the filesystem on dev, mounted at mountPath, online.
-func (d *Driver) resizeFS(ctx context.Context, dev, mountPath string) error {
-	r := mount.NewResizeFs(utilexec.New())
-	need, err := r.NeedResize(dev, mountPath)
-	if err != nil {
-		return fmt.Errorf("check filesystem size on %s: %w", dev, err)
-	}
-	if !need {
-		return nil
-	}
-	if _, err := r.Resize(dev, mountPath); err != nil {
-		return fmt.Errorf("grow filesystem on %s: %w", dev, err)
-	}
-	d.log.Info("filesystem grown", "device", dev, "mount", mountPath)
-	return nil
-}
 
 // reconcileLoops detaches loop devices whose image belongs to no volume any
 // more (deleted while attached, or left by a crash between delete and
 // detach), and reports the ones it cannot detach.
 func (d *Driver) reconcileLoops(ctx context.Context) {
-	devs, err := d.cfg.Loop.List(ctx)
+	devs, err := d.node.Loops().List(ctx)
 	if err != nil {
 		d.log.Error("reconcile: list loop devices", "err", err)
 		return
@@ -71,7 +45,7 @@ func (d *Driver) reconcileLoops(ctx context.Context) {
 			if err := closeLUKS(ctx, id); err != nil {
 				d.log.Error("reconcile: cannot close the mapping of a deleted volume", "volume", id, "err", err)
 			}
-			if err := d.cfg.Loop.Detach(ctx, dev.Path); err != nil {
+			if err := d.node.Loops().Detach(ctx, dev.Path); err != nil {
 				d.log.Error("reconcile: cannot detach loop device of a deleted volume", "device", dev.Path, "image", dev.BackingFile, "deleted", dev.Deleted, "err", err)
 				continue
 			}
@@ -80,13 +54,9 @@ func (d *Driver) reconcileLoops(ctx context.Context) {
 	}
 }
 
-// freezeForSnapshot freezes a mounted image filesystem so that a snapshot
-// of its image is consistent; directory and btrfs volumes are snapshotted
-// by the filesystem itself and need no freeze. So are plain LVs: lvm2
-// suspends the origin with lockfs, which freezes the filesystem on it. An
-// encrypted LV's filesystem is on the LUKS mapping above the LV, which
-// lvm2's suspend does not reach, so it is frozen here. The returned thaw
-// is never nil.
+// freezeForSnapshot asks the node layer to freeze volume v's filesystem
+// for a snapshot or clone of it (node.FreezeForSnapshot says which
+// volumes need it). The returned thaw is never nil.
 func (d *Driver) freezeForSnapshot(ctx context.Context, v store.Volume) (func() error, error) {
 	noop := func() error { return nil }
 	pool, ok := d.pools[v.Pool]
@@ -97,103 +67,7 @@ func (d *Driver) freezeForSnapshot(ctx context.Context, v store.Volume) (func() 
 	if err != nil {
 		return noop, nil
 	}
-	switch {
-	case src.Kind == backend.SourceImageFile && d.cfg.Loop != nil:
-	case src.Kind == backend.SourceBlockDevice && src.LUKS:
-	default:
-		return noop, nil
-	}
-	mps, err := d.mountsOf(ctx, src)
-	if err != nil {
-		return noop, err
-	}
-	for _, mp := range mps {
-		fi, err := os.Stat(mp)
-		if err != nil || !fi.IsDir() {
-			continue // a block device bind mount: nothing to freeze
-		}
-		// A freeze outlives this process: record it first, so that if we
-		// die before the thaw, the next start thaws it (thawLeftovers).
-		marker, err := d.markFrozen(v.ID, mp)
-		if err != nil {
-			return noop, err
-		}
-		// Freezing one mount freezes the filesystem under all of them.
-		thaw, err := fsfreeze.Freeze(ctx, mp)
-		if err != nil {
-			removeMarker(marker)
-		}
-		if errors.Is(err, fsfreeze.ErrAlreadyFrozen) {
-			return noop, fmt.Errorf("filesystem of volume %s is frozen by someone else: %w", v.ID, errdefs.ErrAborted)
-		}
-		if err != nil {
-			return noop, fmt.Errorf("freeze %s: %w", mp, err)
-		}
-		return func() error {
-			err := thaw()
-			if err == nil || errors.Is(err, fsfreeze.ErrNotFrozen) {
-				removeMarker(marker)
-			}
-			return err
-		}, nil
-	}
-	return noop, nil
-}
-
-// frozenDir holds one marker per filesystem this driver has frozen and not
-// yet thawed: the volume ID, holding the mount point.
-func (d *Driver) frozenDir() string { return filepath.Join(d.cfg.StateDir, "frozen") }
-
-// markFrozen records that the filesystem of volume id, mounted at mp, is
-// about to be frozen. It returns the marker's path ("" without a state dir).
-func (d *Driver) markFrozen(id, mp string) (string, error) {
-	if d.cfg.StateDir == "" {
-		return "", nil
-	}
-	if err := os.MkdirAll(d.frozenDir(), 0o700); err != nil {
-		return "", fmt.Errorf("record freeze: %w", err)
-	}
-	marker := filepath.Join(d.frozenDir(), id)
-	if err := os.WriteFile(marker, []byte(mp), 0o600); err != nil {
-		return "", fmt.Errorf("record freeze: %w", err)
-	}
-	return marker, nil
-}
-
-func removeMarker(marker string) {
-	if marker != "" {
-		os.Remove(marker)
-	}
-}
-
-// thawLeftovers thaws the filesystems a previous run of this driver froze
-// for a snapshot and died before thawing; their workloads' writes hang
-// until then, and every later snapshot of them would be refused.
-func (d *Driver) thawLeftovers(ctx context.Context) {
-	if d.cfg.StateDir == "" {
-		return
-	}
-	entries, err := os.ReadDir(d.frozenDir())
-	if err != nil {
-		return // none recorded
-	}
-	for _, e := range entries {
-		marker := filepath.Join(d.frozenDir(), e.Name())
-		mp, err := os.ReadFile(marker)
-		if err != nil {
-			continue
-		}
-		err = fsfreeze.Thaw(string(mp))
-		switch {
-		case err == nil:
-			d.log.Warn("reconcile: thawed a filesystem left frozen by a crash during a snapshot", "volume", e.Name(), "mount", string(mp))
-		case errors.Is(err, fsfreeze.ErrNotFrozen) || errors.Is(err, fs.ErrNotExist):
-		default:
-			d.log.Error("reconcile: cannot thaw a filesystem left frozen by a crash", "volume", e.Name(), "mount", string(mp), "err", err)
-			continue // keep the marker: the next start tries again
-		}
-		os.Remove(marker)
-	}
+	return d.node.FreezeForSnapshot(ctx, v.ID, src)
 }
 
 // imageMountOptions are the options a filesystem inside an image is
@@ -203,7 +77,7 @@ func (d *Driver) thawLeftovers(ctx context.Context) {
 // mounted on the node; restoring next to the source is the common case.
 func imageMountOptions(fsType string, flags []string) []string {
 	opts := slices.Clone(flags)
-	if fsType == "xfs" && !hasOption(opts, "nouuid") {
+	if fsType == "xfs" && !node.HasOption(opts, "nouuid") {
 		opts = append(opts, "nouuid")
 	}
 	return opts
@@ -218,7 +92,7 @@ func (d *Driver) detachDeletedImage(ctx context.Context, id string) error {
 	if err := closeLUKS(ctx, id); err != nil {
 		return err
 	}
-	devs, err := d.cfg.Loop.List(ctx)
+	devs, err := d.node.Loops().List(ctx)
 	if err != nil {
 		return err
 	}
@@ -226,18 +100,18 @@ func (d *Driver) detachDeletedImage(ctx context.Context, id string) error {
 		if !d.isImageOf(dev.BackingFile, id) {
 			continue
 		}
-		st, err := statT(dev.Path)
-		if err != nil {
+		var st unix.Stat_t
+		if err := unix.Stat(dev.Path, &st); err != nil {
 			continue // detached since List
 		}
-		mps, err := mountPointsOf(mountIdentity{rdevs: []uint64{st.Rdev}})
+		mps, err := d.node.MountPointsOf(node.DeviceIdentity(st.Rdev))
 		if err != nil {
 			return err
 		}
 		if len(mps) > 0 {
 			return fmt.Errorf("volume %s was deleted but its device %s is still mounted at %v; unpublish it first: %w", id, dev.Path, mps, errdefs.ErrFailedPrecondition)
 		}
-		if err := d.detach(ctx, id, dev.Path); err != nil {
+		if err := d.node.Detach(ctx, id, dev.Path); err != nil {
 			return err
 		}
 	}
@@ -402,22 +276,13 @@ func (d *Driver) markFormatted(ctx context.Context, nv nodeVolume) error {
 	return nil
 }
 
-// stageImage mounts the filesystem of image volume nv, whose loop device
-// is attached, at staging, formatting or growing it first where needed:
-//
-//   - format: only a volume whose pool records it as never formatted to
-//     completion (its leftovers, such as the half-written superblock of a
-//     killed mkfs, are wiped first), or one with no record (made before
-//     pools kept one) that is blank. A volume recorded as formatted is
-//     never formatted again, whatever a probe says. "Formatted" is recorded
-//     only after mkfs has finished and the device is synced.
-//   - grow: when the superblock says the device is larger than the
-//     filesystem by more than growSlack (a restore or clone into a larger
-//     size, an expansion while unstaged). ext* grows before mounting,
-//     offline, which needs no CAP_SYS_RESOURCE; xfs and btrfs can only
-//     grow mounted, after the mount. An unchanged volume runs no tool.
+// stageImage finds the device of image volume nv, whose loop device is
+// attached, checks the capability's filesystem and flags, reads the
+// pool's format record, and has the node layer mount it at staging,
+// formatting or growing it first where needed (node.MountImage says
+// when).
 func (d *Driver) stageImage(ctx context.Context, nv nodeVolume, staging string, m *csi.VolumeCapability_MountVolume) error {
-	devs, err := d.cfg.Loop.Find(ctx, nv.src.Path)
+	devs, err := d.node.Loops().Find(ctx, nv.src.Path)
 	if err != nil || len(devs) == 0 {
 		return fmt.Errorf("loop device for %s vanished: %v: %w", nv.src.Path, err, errdefs.ErrAborted)
 	}
@@ -436,221 +301,13 @@ func (d *Driver) stageImage(ctx context.Context, nv nodeVolume, staging string, 
 		return fmt.Errorf("volume_capability.mount.mount_flags: %w", err)
 	}
 	fsOpts = imageMountOptions(fsType, fsOpts)
-	readOnly := attrs.ReadOnly
 	state, err := d.formatState(ctx, nv)
 	if err != nil {
 		return err
 	}
-	info, probeErr := fsprobe.Read(ctx, dev)
-	if probeErr != nil && !errors.Is(probeErr, fsprobe.ErrNoFilesystem) {
-		return fmt.Errorf("volume %s: %w", nv.id, probeErr)
-	}
-	format := false
-	switch state {
-	case backend.FormatDone:
-	case backend.FormatPending:
-		if probeErr == nil {
-			d.log.Warn("volume was never formatted to completion: wiping what an interrupted mkfs left", "volume", nv.id, "found", info.Type)
-		}
-		format = true
-	default:
-		// No record: a volume from before records were kept, so a
-		// filesystem found is trusted as it always was, and only a device
-		// blank to blkid as well (it knows more than ext, xfs and btrfs)
-		// is formatted.
-		if probeErr != nil {
-			existing, err := d.mounter.GetDiskFormat(dev)
-			if err != nil {
-				return fmt.Errorf("volume %s: probe %s: %w", nv.id, dev, err)
-			}
-			format = existing == ""
-		}
-	}
-	if format {
-		if readOnly {
-			return fmt.Errorf("volume %s has no filesystem yet and cannot be formatted for a read-only stage: %w", nv.id, errdefs.ErrFailedPrecondition)
-		}
-		if err := d.formatImage(ctx, nv, dev, fsType, state == backend.FormatPending); err != nil {
-			return err
-		}
-	}
-	grow := false
-	if !format && probeErr == nil && !readOnly {
-		size, err := deviceSize(dev)
-		if err != nil {
-			return fmt.Errorf("volume %s: %w", nv.id, err)
-		}
-		grow = needsGrow(info, size)
-	}
-	if grow && strings.HasPrefix(info.Type, "ext") {
-		if err := d.growExtOffline(ctx, nv, dev); err != nil {
-			return err
-		}
-		grow = false
-	}
-	// Mounted onto the staging directory as it was opened, without
-	// following a symlink: the path cannot be swapped under the mount.
-	sh, err := mountfd.Open(staging)
-	if err != nil {
-		return fmt.Errorf("staging_target_path: %w", err)
-	}
-	err = mountfd.MountFS(dev, sh, fsType, attrs, fsOpts)
-	sh.Close()
-	if err != nil {
-		return err
-	}
-	if grow {
-		if err := d.growOnline(ctx, nv, info.Type, staging); err != nil {
-			if uerr := mountfd.Unmount(staging); uerr != nil {
-				err = errors.Join(err, fmt.Errorf("unmount %s again: %w", staging, uerr))
-			}
-			return err
-		}
-	}
-	if state == backend.FormatUnknown && !format {
-		// A volume from before records were kept whose filesystem mounts:
-		// record it, so that it is never taken for unformatted. A failure
-		// only keeps the old behaviour.
-		if err := d.markFormatted(ctx, nv); err != nil {
-			d.log.Warn("cannot record that an existing volume is formatted", "volume", nv.id, "err", err)
-		}
-	}
-	return nil
-}
-
-// growSlack is how much larger than its filesystem a device must be for a
-// stage to grow the filesystem. It is below the pools' size granularity (1
-// MiB), so every expansion counts, and above the tails the grow tools
-// leave unused (a few blocks, a too-small last xfs AG), so that a volume
-// they cannot grow further is not "grown" again at every stage.
-const growSlack = 1<<20 - 1
-
-// needsGrow reports whether the filesystem info describes would grow on a
-// device of devSize bytes by more than growSlack.
-func needsGrow(info fsprobe.Info, devSize int64) bool {
-	return info.GrowTarget(devSize)-info.Size > growSlack
-}
-
-// deviceSize returns the size of block device dev in bytes.
-func deviceSize(dev string) (int64, error) {
-	f, err := os.Open(dev)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	n, err := f.Seek(0, io.SeekEnd)
-	if err != nil {
-		return 0, fmt.Errorf("size of %s: %w", dev, err)
-	}
-	return n, nil
-}
-
-// wipeBytes is how much of each end of a device formatImage zeroes before
-// formatting again: every superblock and signature mkfs or blkid looks at
-// near the start (btrfs's primary is at 64 KiB) or the end.
-const wipeBytes = 1 << 20
-
-// formatImage makes a fsType filesystem on dev, after wiping its ends when
-// wipe is set, syncs it, and only then records the volume as formatted.
-func (d *Driver) formatImage(ctx context.Context, nv nodeVolume, dev, fsType string, wipe bool) error {
-	if wipe {
-		if err := wipeEnds(dev); err != nil {
-			return fmt.Errorf("volume %s: %w", nv.id, err)
-		}
-	}
-	d.log.Info("formatting volume", "volume", nv.id, "device", dev, "fsType", fsType)
-	if out, err := runTool(ctx, "mkfs."+fsType, mkfsArgs(fsType, nv.mkfs, dev)...); err != nil {
-		return fmt.Errorf("volume %s: mkfs.%s %s: %w: %s", nv.id, fsType, dev, err, out)
-	}
-	if err := syncDevice(dev); err != nil {
-		return fmt.Errorf("volume %s: %w", nv.id, err)
-	}
-	crashpoint.Hit("stage:formatted")
-	return d.markFormatted(ctx, nv)
-}
-
-// wipeEnds zeroes the first and last wipeBytes of dev and syncs them.
-// O_EXCL fails if anything has the device mounted: the wipe never races a
-// mount.
-func wipeEnds(dev string) error {
-	f, err := os.OpenFile(dev, os.O_WRONLY|unix.O_EXCL, 0)
-	if err != nil {
-		return fmt.Errorf("wipe %s: %w", dev, err)
-	}
-	defer f.Close()
-	size, err := f.Seek(0, io.SeekEnd)
-	if err != nil {
-		return fmt.Errorf("wipe %s: %w", dev, err)
-	}
-	zero := make([]byte, min(wipeBytes, size))
-	for _, off := range []int64{0, max(0, size-wipeBytes)} {
-		if _, err := f.WriteAt(zero, off); err != nil {
-			return fmt.Errorf("wipe %s at %d: %w", dev, off, err)
-		}
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("wipe %s: fsync: %w", dev, err)
-	}
-	return f.Close()
-}
-
-// syncDevice flushes dev; on a loop device that syncs the image file.
-func syncDevice(dev string) error {
-	f, err := os.OpenFile(dev, os.O_WRONLY, 0)
-	if err != nil {
-		return fmt.Errorf("sync %s: %w", dev, err)
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dev, err)
-	}
-	return f.Close()
-}
-
-// growExtOffline grows the unmounted ext filesystem on dev to fill it:
-// resize2fs refuses a filesystem not freshly checked, so e2fsck -f -p
-// first. Offline growth needs no CAP_SYS_RESOURCE, unlike online growth.
-func (d *Driver) growExtOffline(ctx context.Context, nv nodeVolume, dev string) error {
-	out, err := runTool(ctx, "e2fsck", "-f", "-p", dev)
-	var ee *exec.ExitError
-	// Exit 1 and 2: errors were corrected; 4 and up: they were not.
-	if errors.As(err, &ee) && ee.ExitCode() < 4 {
-		err = nil
-	}
-	if err != nil {
-		return fmt.Errorf("volume %s: e2fsck before growing: %w: %s", nv.id, err, out)
-	}
-	if out, err := runTool(ctx, "resize2fs", dev); err != nil {
-		return fmt.Errorf("volume %s: resize2fs %s: %w: %s", nv.id, dev, err, out)
-	}
-	d.log.Info("filesystem grown", "volume", nv.id, "device", dev, "tool", "resize2fs", "online", false)
-	return nil
-}
-
-// growOnline grows the filesystem of type fsType mounted at mp to fill its
-// device.
-func (d *Driver) growOnline(ctx context.Context, nv nodeVolume, fsType, mp string) error {
-	var tool []string
-	switch fsType {
-	case "xfs":
-		tool = []string{"xfs_growfs", "-d", mp}
-	case "btrfs":
-		tool = []string{"btrfs", "filesystem", "resize", "max", mp}
-	default:
-		return fmt.Errorf("volume %s: cannot grow %s online: %w", nv.id, fsType, errdefs.ErrFailedPrecondition)
-	}
-	if out, err := runTool(ctx, tool[0], tool[1:]...); err != nil {
-		return fmt.Errorf("volume %s: its image is larger than its filesystem: %s: %w: %s", nv.id, strings.Join(tool, " "), err, out)
-	}
-	d.log.Info("filesystem grown", "volume", nv.id, "mount", mp, "tool", tool[0], "online", true)
-	return nil
-}
-
-// runTool runs a filesystem tool with messages in English (they end up in
-// errors) and returns its combined output.
-func runTool(ctx context.Context, name string, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Env = append(os.Environ(), "LC_ALL=C")
-	out, err := cmd.CombinedOutput()
-	return bytes.TrimSpace(out), err
+	return d.node.MountImage(ctx, node.ImageMount{
+		VolID: nv.id, Dev: dev, FsType: fsType, Attrs: attrs, FsOpts: fsOpts,
+		MkfsArgs: mkfsArgs(fsType, nv.mkfs, dev), State: state,
+		MarkFormatted: func(ctx context.Context) error { return d.markFormatted(ctx, nv) },
+	}, staging)
 }

@@ -3,8 +3,6 @@ package driver
 import (
 	"slices"
 	"testing"
-
-	"github.com/cairn-csi/cairn/internal/fsprobe"
 )
 
 // TestMkfsBlockSize closes part of issue 10 item 5: the logical block size
@@ -61,26 +59,6 @@ func TestClampBlockSize(t *testing.T) {
 	for n, want := range map[int64]uint32{0: 512, 512: 512, 1024: 1024, 2048: 2048, 3000: 2048, 4096: 4096, 65536: 4096} {
 		if got := clampBlockSize(n); got != want {
 			t.Errorf("clampBlockSize(%d) = %d, want %d", n, got, want)
-		}
-	}
-}
-
-// TestNeedsGrow closes issue 10 item 9c at the decision: an unchanged
-// volume (or one whose tail the tools cannot use) is not grown; any
-// expansion by the pools' 1 MiB granularity is.
-func TestNeedsGrow(t *testing.T) {
-	xfs := fsprobe.Info{Type: "xfs", BlockSize: 4096, SectorSize: 4096, Size: 300 << 20}
-	for _, tc := range []struct {
-		dev  int64
-		want bool
-	}{
-		{300 << 20, false},
-		{300<<20 + 4096, false},
-		{301 << 20, true},
-		{600 << 20, true},
-	} {
-		if got := needsGrow(xfs, tc.dev); got != tc.want {
-			t.Errorf("needsGrow(xfs of 300 MiB, device %d) = %v, want %v", tc.dev, got, tc.want)
 		}
 	}
 }

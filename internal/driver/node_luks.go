@@ -7,10 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
-	"strings"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/cairn-csi/cairn/internal/backend"
 	"github.com/cairn-csi/cairn/internal/crashpoint"
@@ -130,7 +126,7 @@ func (d *Driver) reconcileMappings(ctx context.Context) {
 		if err != nil || (src.Kind != backend.SourceImageFile && src.Kind != backend.SourceBlockDevice) {
 			continue
 		}
-		if mps, err := d.mountsOf(ctx, src); err != nil || len(mps) > 0 {
+		if mps, err := d.node.MountsOf(ctx, src); err != nil || len(mps) > 0 {
 			continue
 		}
 		if err := closeLUKS(ctx, v.ID); err != nil {
@@ -156,7 +152,7 @@ func (d *Driver) volumeDevice(ctx context.Context, nv nodeVolume) (string, error
 	if _, err := os.Stat(p); err == nil {
 		return p, nil
 	}
-	devs, err := d.cfg.Loop.Find(ctx, nv.src.Path)
+	devs, err := d.node.Loops().Find(ctx, nv.src.Path)
 	if err != nil {
 		return "", err
 	}
@@ -164,30 +160,4 @@ func (d *Driver) volumeDevice(ctx context.Context, nv nodeVolume) (string, error
 		return "", fmt.Errorf("volume %s is not staged (no loop device): %w", nv.id, errdefs.ErrFailedPrecondition)
 	}
 	return devs[0], nil
-}
-
-// holderDevs lists the device numbers of the devices stacked on block
-// device dev (a LUKS mapping on a loop device), from sysfs.
-func holderDevs(dev string) []uint64 {
-	st, err := statT(dev)
-	if err != nil {
-		return nil
-	}
-	dir := fmt.Sprintf("/sys/dev/block/%d:%d/holders", unix.Major(st.Rdev), unix.Minor(st.Rdev))
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return nil
-	}
-	var out []uint64
-	for _, e := range entries {
-		b, err := os.ReadFile(filepath.Join("/sys/class/block", e.Name(), "dev"))
-		if err != nil {
-			continue
-		}
-		var maj, min uint32
-		if _, err := fmt.Sscanf(strings.TrimSpace(string(b)), "%d:%d", &maj, &min); err == nil {
-			out = append(out, unix.Mkdev(maj, min))
-		}
-	}
-	return out
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/cairn-csi/cairn/internal/errdefs"
 	"github.com/cairn-csi/cairn/internal/luks"
 	"github.com/cairn-csi/cairn/internal/mountfd"
+	"github.com/cairn-csi/cairn/internal/node"
 )
 
 // deviceNode resolves a block device source to its device node. lvm2's
@@ -97,7 +98,7 @@ func (d *Driver) closeBlockDevice(ctx context.Context, nv nodeVolume) error {
 	if !nv.src.LUKS {
 		return nil
 	}
-	mps, err := d.mountsOf(ctx, nv.src)
+	mps, err := d.node.MountsOf(ctx, nv.src)
 	if err != nil {
 		return err
 	}
@@ -131,14 +132,14 @@ func (d *Driver) stageBlockDevice(ctx context.Context, nv nodeVolume, c *csi.Vol
 		return fmt.Errorf("volume_capability.mount.mount_flags: %w", err)
 	}
 	opts := blockDeviceMountOptions(fsType, m.GetMountFlags())
-	if err := d.mounter.FormatAndMountSensitiveWithFormatOptions(dev, staging, fsType, opts, nil, nv.mkfs); err != nil {
+	if err := d.node.FormatAndMount(dev, staging, fsType, opts, nv.mkfs); err != nil {
 		return fmt.Errorf("format and mount %s at %s: %w", dev, staging, err)
 	}
-	if hasOption(opts, "ro") {
+	if node.HasOption(opts, "ro") {
 		return nil
 	}
-	if err := d.resizeFS(ctx, dev, staging); err != nil {
-		if uerr := d.mounter.Unmount(staging); uerr != nil {
+	if err := d.node.ResizeFS(ctx, dev, staging); err != nil {
+		if uerr := d.node.Unmount(staging); uerr != nil {
 			err = errors.Join(err, fmt.Errorf("unmount %s again: %w", staging, uerr))
 		}
 		return fmt.Errorf("volume %s: its device is larger than its filesystem: %w", nv.id, err)
@@ -151,7 +152,7 @@ func (d *Driver) stageBlockDevice(ctx context.Context, nv nodeVolume, c *csi.Vol
 // UUID, which XFS refuses to mount twice without nouuid.
 func blockDeviceMountOptions(fsType string, flags []string) []string {
 	opts := slices.Clone(flags)
-	if fsType == "xfs" && !hasOption(opts, "nouuid") {
+	if fsType == "xfs" && !node.HasOption(opts, "nouuid") {
 		opts = append(opts, "nouuid")
 	}
 	return opts
@@ -202,5 +203,5 @@ func (d *Driver) growBlockDeviceOnNode(ctx context.Context, nv nodeVolume, path 
 	if err != nil {
 		return err
 	}
-	return d.resizeFS(ctx, dev, path)
+	return d.node.ResizeFS(ctx, dev, path)
 }

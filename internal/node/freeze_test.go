@@ -1,4 +1,4 @@
-package driver
+package node
 
 import (
 	"context"
@@ -29,14 +29,13 @@ func frozen(t *testing.T, mnt string) bool {
 }
 
 // TestThawLeftovers: a freeze outlives the process that made it. At start
-// the driver thaws exactly the filesystems its previous run recorded as
+// the node thaws exactly the filesystems its previous run recorded as
 // frozen for a snapshot, and leaves anyone else's freeze alone.
 func TestThawLeftovers(t *testing.T) {
 	ctx := context.Background()
 	ours := testfs.New(t, "ext4", 0)
 	theirs := testfs.New(t, "ext4", 0)
-	d, _, _ := newTestDriver(t)
-	d.cfg.StateDir = t.TempDir()
+	d := New(Config{StateDir: t.TempDir()})
 
 	// A previous run froze ours and died before the thaw; someone else
 	// froze theirs.
@@ -60,7 +59,7 @@ func TestThawLeftovers(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	d.thawLeftovers(ctx)
+	d.ThawLeftovers(ctx)
 
 	if frozen(t, ours) {
 		t.Error("the filesystem the previous run froze is still frozen")

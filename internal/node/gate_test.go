@@ -1,4 +1,4 @@
-package app
+package node
 
 import (
 	"errors"
@@ -41,7 +41,7 @@ func (m *lazyMounter) MountSensitive(source, target, fstype string, options, sen
 func TestFirstMountGate(t *testing.T) {
 	inner := &lazyMounter{Interface: mount.NewFakeMounter(nil)}
 	inner.fail.Store(2) // the first two calls fail: the gate stays shut
-	g := &firstMountGate{Interface: inner}
+	g := &FirstMountGate{Interface: inner}
 	var wg sync.WaitGroup
 	var failures atomic.Int32
 	for i := range 32 {
@@ -70,7 +70,7 @@ func TestFirstMountGate(t *testing.T) {
 	start := make(chan struct{})
 	release := make(chan struct{})
 	blocking := &blockingMounter{Interface: mount.NewFakeMounter(nil), entered: start, release: release}
-	g2 := &firstMountGate{Interface: blocking}
+	g2 := &FirstMountGate{Interface: blocking}
 	g2.ready.Store(true)
 	done := make(chan error, 2)
 	for range 2 {
