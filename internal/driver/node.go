@@ -166,12 +166,13 @@ func (d *Driver) planStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 	}
 	// The CO creates the staging directory; a symlink anywhere in its path
 	// is refused, so the mount cannot land outside it.
-	if info, err := mountfd.StatPath(staging); err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nv, invalid("staging_target_path %q must be a directory the CO created", staging)
-		}
+	exists, dir, err := d.node.IsDir(staging)
+	switch {
+	case err != nil:
 		return nv, fmt.Errorf("staging_target_path: %w", err)
-	} else if !info.Dir() {
+	case !exists:
+		return nv, invalid("staging_target_path %q must be a directory the CO created", staging)
+	case !dir:
 		return nv, invalid("staging_target_path %q is not a directory", staging)
 	}
 	return nv, nil
@@ -578,7 +579,7 @@ func (d *Driver) nodeUnpublish(ctx context.Context, req *csi.NodeUnpublishVolume
 		return err
 	}
 	defer unlock()
-	exists, err := mountfd.Exists(target)
+	exists, err := d.node.Exists(target)
 	if err != nil {
 		return fmt.Errorf("target_path: %w", err)
 	}

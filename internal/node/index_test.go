@@ -119,3 +119,42 @@ func TestLoopsByBackingFile(t *testing.T) {
 		t.Error("a List failure: no error")
 	}
 }
+
+// TestPathChecks: stage's and unpublish's path checks, without root; a
+// symbolic link in the path is refused, not followed.
+func TestPathChecks(t *testing.T) {
+	tmp := t.TempDir()
+	dir, file, link := filepath.Join(tmp, "dir"), filepath.Join(tmp, "file"), filepath.Join(tmp, "link")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(dir, link); err != nil {
+		t.Fatal(err)
+	}
+	n := New(Config{Table: &fakeTable{err: errors.New("must not be read")}})
+	for _, tc := range []struct {
+		name              string
+		path              string
+		exists, dir, fail bool
+	}{
+		{"directory", dir, true, true, false},
+		{"file", file, true, false, false},
+		{"missing", filepath.Join(tmp, "none"), false, false, false},
+		{"symlink", link, false, false, true},
+		{"below a symlink", filepath.Join(link, "x"), false, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			exists, dir, err := n.IsDir(tc.path)
+			if (err != nil) != tc.fail || exists != tc.exists || dir != tc.dir {
+				t.Errorf("IsDir = %v, %v, %v; want exists %v, dir %v, error %v", exists, dir, err, tc.exists, tc.dir, tc.fail)
+			}
+			exists, err = n.Exists(tc.path)
+			if (err != nil) != tc.fail || exists != tc.exists {
+				t.Errorf("Exists = %v, %v; want %v, error %v", exists, err, tc.exists, tc.fail)
+			}
+		})
+	}
+}
