@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 
 	"github.com/cairn-csi/cairn/internal/backend"
 	"github.com/cairn-csi/cairn/internal/crashpoint"
 	"github.com/cairn-csi/cairn/internal/errdefs"
 	"github.com/cairn-csi/cairn/internal/fscrypt"
+	"github.com/cairn-csi/cairn/internal/node"
 	"github.com/cairn-csi/cairn/internal/store"
 )
 
@@ -255,51 +255,10 @@ func (d *Driver) reconcileKeys(ctx context.Context) {
 		if mps, err := d.node.MountsOf(ctx, src); err != nil || len(mps) > 0 {
 			continue
 		}
-		if _, err := fscrypt.RemoveKey(keyringDir(src), kid); err != nil {
+		if _, err := fscrypt.RemoveKey(node.KeyringDir(src), kid); err != nil {
 			d.log.Error("reconcile: cannot drop the key of an unmounted encrypted volume", "volume", v.ID, "err", err)
 			continue
 		}
 		d.log.Warn("reconcile: dropped the key of an encrypted volume that nothing mounts (left by a crash)", "volume", v.ID, "key", kid.String())
 	}
-}
-
-// keyringDir is where the key of directory volume src is removed: the
-// ioctl goes to the filesystem's keyring through any directory on it, and
-// the directory it is issued on is open meanwhile. Issued on the volume's
-// own directory, that directory was in use, so the removal stayed
-// incomplete and the directory unlocked (its names in plaintext) until
-// the kernel happened to evict it. Its parent, the pool's unencrypted
-// volumes directory, is on the same filesystem.
-func keyringDir(src backend.Source) string { return filepath.Dir(src.Path) }
-
-// lockDir drops the key of an encrypted directory volume once nothing
-// mounts it, so that its data is ciphertext again until the next stage.
-func (d *Driver) lockDir(ctx context.Context, nv nodeVolume) error {
-	if nv.src.Kind != backend.SourceDirectory {
-		return nil
-	}
-	kid, encrypted, err := fscrypt.Policy(nv.src.Path)
-	if errors.Is(err, fscrypt.ErrNotSupported) || (err == nil && !encrypted) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	mps, err := d.node.MountsOf(ctx, nv.src)
-	if err != nil {
-		return err
-	}
-	if len(mps) > 0 {
-		d.log.Warn("unstage: the volume is still mounted elsewhere; its key stays loaded", "volume", nv.id, "mounts", mps)
-		return nil
-	}
-	busy, err := fscrypt.RemoveKey(keyringDir(nv.src), kid)
-	if err != nil {
-		return fmt.Errorf("drop the key of volume %s: %w", nv.id, err)
-	}
-	if busy {
-		d.log.Warn("unstage: files of the volume are still open; they stay readable until closed, everything else is locked", "volume", nv.id)
-	}
-	d.log.Info("volume key dropped", "volume", nv.id, "key", kid.String())
-	return nil
 }

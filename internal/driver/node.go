@@ -238,7 +238,7 @@ func (d *Driver) executeStage(ctx context.Context, nv nodeVolume, req *csi.NodeS
 	case backend.SourceDirectory:
 		if err := d.node.StageDir(nv.src.Path, staging); err != nil {
 			if encrypted {
-				err = errors.Join(err, d.lockDir(ctx, nv))
+				err = errors.Join(err, d.node.LockDir(ctx, nv.id, nv.src))
 			}
 			return err
 		}
@@ -294,7 +294,7 @@ func (d *Driver) prepareImage(ctx context.Context, nv nodeVolume, req *csi.NodeS
 // closeAfterFailedStage is the undo of opening nv's LUKS mapping.
 func (d *Driver) closeAfterFailedStage(ctx context.Context, nv nodeVolume) func() {
 	return func() {
-		if err := closeLUKS(context.WithoutCancel(ctx), nv.id); err != nil {
+		if err := d.node.CloseMapping(context.WithoutCancel(ctx), nv.id); err != nil {
 			d.log.Error("close after a failed stage", "volume", nv.id, "err", err)
 		}
 	}
@@ -339,23 +339,27 @@ func (d *Driver) nodeUnstage(ctx context.Context, req *csi.NodeUnstageVolumeRequ
 	if foreign {
 		d.log.Warn("unstage: staging_target_path holds a mount that is not this volume's; left untouched", "volume", req.GetVolumeId(), "staging", staging)
 	} else if err == nil {
-		if err := d.lockDir(ctx, nv); err != nil {
+		if err := d.node.LockDir(ctx, nv.id, nv.src); err != nil {
 			return err
 		}
 	}
 	switch {
 	case err == nil && nv.src.Kind == backend.SourceImageFile && d.node.HasLoops():
-		if err := d.detachUnused(ctx, nv); err != nil {
+		if err := d.node.ReleaseImage(ctx, nv.id, nv.src); err != nil {
 			return err
 		}
-	case err == nil && nv.src.Kind == backend.SourceBlockDevice:
-		if err := d.closeBlockDevice(ctx, nv); err != nil {
+	case err == nil && nv.src.Kind == backend.SourceBlockDevice && nv.src.LUKS:
+		// The mapping of an encrypted block device closes, so that its key
+		// leaves the kernel.
+		if err := d.node.CloseMappingUnused(ctx, nv.id, nv.src); err != nil {
 			return err
 		}
 	case errdefs.Is(err, errdefs.ErrNotFound) && d.node.HasLoops():
 		// Deleted while staged: its image is unlinked but may still be
 		// attached, and this is the last call the node gets for it.
-		if err := d.detachDeletedImage(ctx, req.GetVolumeId()); err != nil {
+		// The pools say which loop devices held its image.
+		isImage := func(file string) bool { return d.isImageOf(file, req.GetVolumeId()) }
+		if err := d.node.ReleaseDeletedImage(ctx, req.GetVolumeId(), isImage); err != nil {
 			return err
 		}
 	case err != nil && !errdefs.Is(err, errdefs.ErrNotFound):
@@ -363,30 +367,6 @@ func (d *Driver) nodeUnstage(ctx context.Context, req *csi.NodeUnstageVolumeRequ
 	}
 	if n > 0 {
 		d.log.Info("volume unstaged", "volume", req.GetVolumeId(), "staging", staging, "unmounted", n)
-	}
-	return nil
-}
-
-// detachUnused detaches the volume's loop devices once nothing mounts them.
-func (d *Driver) detachUnused(ctx context.Context, nv nodeVolume) error {
-	mps, err := d.node.MountsOf(ctx, nv.src)
-	if err != nil {
-		return err
-	}
-	if len(mps) > 0 {
-		return fmt.Errorf("volume %s is still mounted at %v; unpublish it first: %w", nv.id, mps, errdefs.ErrFailedPrecondition)
-	}
-	if err := closeLUKS(ctx, nv.id); err != nil {
-		return err
-	}
-	devs, err := d.node.Loops().Find(ctx, nv.src.Path)
-	if err != nil {
-		return err
-	}
-	for _, dev := range devs {
-		if err := d.node.Detach(ctx, nv.id, dev); err != nil {
-			return err
-		}
 	}
 	return nil
 }

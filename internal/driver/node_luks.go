@@ -129,20 +129,12 @@ func (d *Driver) reconcileMappings(ctx context.Context) {
 		if mps, err := d.node.MountsOf(ctx, src); err != nil || len(mps) > 0 {
 			continue
 		}
-		if err := closeLUKS(ctx, v.ID); err != nil {
+		if err := d.node.CloseMapping(ctx, v.ID); err != nil {
 			d.log.Error("reconcile: cannot close the mapping of an encrypted volume that nothing mounts", "volume", v.ID, "err", err)
 			continue
 		}
 		d.log.Warn("reconcile: closed the mapping of an encrypted volume that nothing mounts (left by a crash)", "volume", v.ID)
 	}
-}
-
-// closeLUKS closes volume id's mapping, if it is open.
-func closeLUKS(ctx context.Context, id string) error {
-	if err := luks.Close(ctx, luks.MappingName(id)); err != nil {
-		return fmt.Errorf("close the encrypted mapping of volume %s: %w", id, err)
-	}
-	return nil
 }
 
 // volumeDevice is the device an image volume's data is reached through on

@@ -92,22 +92,6 @@ func blockDeviceOf(nv nodeVolume) (string, error) {
 	return p, nil
 }
 
-// closeBlockDevice closes an encrypted block device volume's mapping at
-// unstage, once nothing mounts it, so that the key leaves the kernel.
-func (d *Driver) closeBlockDevice(ctx context.Context, nv nodeVolume) error {
-	if !nv.src.LUKS {
-		return nil
-	}
-	mps, err := d.node.MountsOf(ctx, nv.src)
-	if err != nil {
-		return err
-	}
-	if len(mps) > 0 {
-		return fmt.Errorf("volume %s is still mounted at %v; unpublish it first: %w", nv.id, mps, errdefs.ErrFailedPrecondition)
-	}
-	return closeLUKS(ctx, nv.id)
-}
-
 // stageBlockDevice stages a block device volume: for mount access, format
 // it if blank and mount it at staging, then grow the filesystem if the
 // device is larger (a restore or clone into a bigger volume, or an
