@@ -2,11 +2,9 @@ package driver
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/cairn-csi/cairn/internal/backend"
-	"github.com/cairn-csi/cairn/internal/crashpoint"
 	"github.com/cairn-csi/cairn/internal/errdefs"
 	"github.com/cairn-csi/cairn/internal/fscrypt"
 	"github.com/cairn-csi/cairn/internal/node"
@@ -187,15 +185,12 @@ func snapshotKey(v store.Volume, secrets map[string]string) ([]byte, error) {
 // without the store. A secret that derives another key is refused before
 // anything is loaded. It reports whether the volume is encrypted.
 func (d *Driver) unlockDir(nv nodeVolume, secrets map[string]string) (bool, error) {
-	if nv.src.Kind != backend.SourceDirectory {
-		return false, nil
-	}
-	want, encrypted, err := fscrypt.Policy(nv.src.Path)
-	if errors.Is(err, fscrypt.ErrNotSupported) || (err == nil && !encrypted) {
-		return false, nil
-	}
+	want, encrypted, err := d.node.DirEncryption(nv.src)
 	if err != nil {
 		return true, err
+	}
+	if !encrypted {
+		return false, nil
 	}
 	secret, err := passphrase(secrets)
 	if err != nil {
@@ -208,13 +203,7 @@ func (d *Driver) unlockDir(nv nodeVolume, secrets map[string]string) (bool, erro
 	if kid != want {
 		return true, fmt.Errorf("secrets.%s does not unlock volume %s: %w", SecretEncryptionPassphrase, nv.id, errdefs.ErrPermissionDenied)
 	}
-	if _, err := fscrypt.AddKey(nv.src.Path, key); err != nil {
-		return true, fmt.Errorf("load the key of volume %s: %w", nv.id, err)
-	}
-	// A crash from here to the mount leaves the key loaded with nothing
-	// mounted: start-up reconcile drops it (reconcileKeys).
-	crashpoint.Hit("stage:unlocked")
-	return true, nil
+	return true, d.node.UnlockDir(nv.id, nv.src, key)
 }
 
 // reconcileKeys drops the keys of encrypted volumes that nothing mounts:

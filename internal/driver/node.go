@@ -801,8 +801,8 @@ func (d *Driver) growImageOnNode(ctx context.Context, nv nodeVolume, path string
 		return err
 	}
 	if dev != devs[0] { // an open LUKS mapping: it must fill the grown device
-		if err := luks.Resize(ctx, luks.MappingName(nv.id)); err != nil {
-			return fmt.Errorf("volume %s: %w", nv.id, err)
+		if err := d.node.ResizeMapping(ctx, nv.id); err != nil {
+			return err
 		}
 	}
 	if ok, err := d.filesystemMountedAt(ctx, nv, path); err != nil || !ok {
