@@ -638,7 +638,7 @@ func (d *Driver) detachForDelete(ctx context.Context, id string, src backend.Sou
 	if src.Kind == backend.SourceBlockDevice && src.LUKS {
 		// Staged for block access and not published: the mapping holds the
 		// LV open, and the pool could not deactivate it.
-		if err := closeLUKS(ctx, id); err != nil {
+		if err := d.node.CloseMapping(ctx, id); err != nil {
 			return fmt.Errorf("%w: %w", err, errdefs.ErrFailedPrecondition)
 		}
 		return nil
@@ -650,7 +650,7 @@ func (d *Driver) detachForDelete(ctx context.Context, id string, src backend.Sou
 	if err != nil {
 		return err
 	}
-	if err := closeLUKS(ctx, id); err != nil {
+	if err := d.node.CloseMapping(ctx, id); err != nil {
 		return fmt.Errorf("%w: %w", err, errdefs.ErrFailedPrecondition)
 	}
 	return d.node.DetachBeforeDelete(ctx, id, devs)

@@ -60,18 +60,11 @@ type Config struct {
 	DefaultCapacity     int64 // bytes, when a request names none
 	Logger              *slog.Logger
 	// Node is the node layer (mounts, loop devices, growth, freeze
-	// markers); nil: one is made from Loop, the mounter New is given and
-	// StateDir.
+	// markers, loop devices); nil: one without loop devices is made from
+	// the mounter New is given and StateDir.
 	Node     *node.Node
-	Loop     LoopDevices // nil when no pool serves image files; Node's when Node is set
-	StateDir string      // the driver's own files (ephemeral staging), under the data dir
+	StateDir string // the driver's own files (ephemeral staging), under the data dir
 }
-
-// LoopDevices is what the node layer needs of loop devices.
-type LoopDevices = node.LoopDevices
-
-// LoopBackingIDs is what LoopDevices may also do (node.LoopBackingIDs).
-type LoopBackingIDs = node.LoopBackingIDs
 
 // Pool is a named backend.
 type Pool struct {
@@ -132,9 +125,8 @@ func New(cfg Config, st *store.Store, pools []Pool, mounter *mount.SafeFormatAnd
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Node == nil {
-		cfg.Node = node.New(node.Config{Logger: cfg.Logger, Loop: cfg.Loop, Mounter: mounter, StateDir: cfg.StateDir})
+		cfg.Node = node.New(node.Config{Logger: cfg.Logger, Mounter: mounter, StateDir: cfg.StateDir})
 	}
-	cfg.Loop = cfg.Node.Loops()
 	d := &Driver{cfg: cfg, log: cfg.Logger, store: st, pools: map[string]backend.Backend{}, node: cfg.Node}
 	d.topo = &csi.Topology{Segments: map[string]string{TopologyKey: cfg.NodeID}}
 	for _, p := range pools {

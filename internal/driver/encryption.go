@@ -2,14 +2,12 @@ package driver
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"path/filepath"
 
 	"github.com/cairn-csi/cairn/internal/backend"
-	"github.com/cairn-csi/cairn/internal/crashpoint"
 	"github.com/cairn-csi/cairn/internal/errdefs"
 	"github.com/cairn-csi/cairn/internal/fscrypt"
+	"github.com/cairn-csi/cairn/internal/node"
 	"github.com/cairn-csi/cairn/internal/store"
 )
 
@@ -187,15 +185,12 @@ func snapshotKey(v store.Volume, secrets map[string]string) ([]byte, error) {
 // without the store. A secret that derives another key is refused before
 // anything is loaded. It reports whether the volume is encrypted.
 func (d *Driver) unlockDir(nv nodeVolume, secrets map[string]string) (bool, error) {
-	if nv.src.Kind != backend.SourceDirectory {
-		return false, nil
-	}
-	want, encrypted, err := fscrypt.Policy(nv.src.Path)
-	if errors.Is(err, fscrypt.ErrNotSupported) || (err == nil && !encrypted) {
-		return false, nil
-	}
+	want, encrypted, err := d.node.DirEncryption(nv.src)
 	if err != nil {
 		return true, err
+	}
+	if !encrypted {
+		return false, nil
 	}
 	secret, err := passphrase(secrets)
 	if err != nil {
@@ -208,13 +203,7 @@ func (d *Driver) unlockDir(nv nodeVolume, secrets map[string]string) (bool, erro
 	if kid != want {
 		return true, fmt.Errorf("secrets.%s does not unlock volume %s: %w", SecretEncryptionPassphrase, nv.id, errdefs.ErrPermissionDenied)
 	}
-	if _, err := fscrypt.AddKey(nv.src.Path, key); err != nil {
-		return true, fmt.Errorf("load the key of volume %s: %w", nv.id, err)
-	}
-	// A crash from here to the mount leaves the key loaded with nothing
-	// mounted: start-up reconcile drops it (reconcileKeys).
-	crashpoint.Hit("stage:unlocked")
-	return true, nil
+	return true, d.node.UnlockDir(nv.id, nv.src, key)
 }
 
 // reconcileKeys drops the keys of encrypted volumes that nothing mounts:
@@ -255,51 +244,10 @@ func (d *Driver) reconcileKeys(ctx context.Context) {
 		if mps, err := d.node.MountsOf(ctx, src); err != nil || len(mps) > 0 {
 			continue
 		}
-		if _, err := fscrypt.RemoveKey(keyringDir(src), kid); err != nil {
+		if _, err := fscrypt.RemoveKey(node.KeyringDir(src), kid); err != nil {
 			d.log.Error("reconcile: cannot drop the key of an unmounted encrypted volume", "volume", v.ID, "err", err)
 			continue
 		}
 		d.log.Warn("reconcile: dropped the key of an encrypted volume that nothing mounts (left by a crash)", "volume", v.ID, "key", kid.String())
 	}
-}
-
-// keyringDir is where the key of directory volume src is removed: the
-// ioctl goes to the filesystem's keyring through any directory on it, and
-// the directory it is issued on is open meanwhile. Issued on the volume's
-// own directory, that directory was in use, so the removal stayed
-// incomplete and the directory unlocked (its names in plaintext) until
-// the kernel happened to evict it. Its parent, the pool's unencrypted
-// volumes directory, is on the same filesystem.
-func keyringDir(src backend.Source) string { return filepath.Dir(src.Path) }
-
-// lockDir drops the key of an encrypted directory volume once nothing
-// mounts it, so that its data is ciphertext again until the next stage.
-func (d *Driver) lockDir(ctx context.Context, nv nodeVolume) error {
-	if nv.src.Kind != backend.SourceDirectory {
-		return nil
-	}
-	kid, encrypted, err := fscrypt.Policy(nv.src.Path)
-	if errors.Is(err, fscrypt.ErrNotSupported) || (err == nil && !encrypted) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	mps, err := d.node.MountsOf(ctx, nv.src)
-	if err != nil {
-		return err
-	}
-	if len(mps) > 0 {
-		d.log.Warn("unstage: the volume is still mounted elsewhere; its key stays loaded", "volume", nv.id, "mounts", mps)
-		return nil
-	}
-	busy, err := fscrypt.RemoveKey(keyringDir(nv.src), kid)
-	if err != nil {
-		return fmt.Errorf("drop the key of volume %s: %w", nv.id, err)
-	}
-	if busy {
-		d.log.Warn("unstage: files of the volume are still open; they stay readable until closed, everything else is locked", "volume", nv.id)
-	}
-	d.log.Info("volume key dropped", "volume", nv.id, "key", kid.String())
-	return nil
 }

@@ -2,7 +2,6 @@ package driver
 
 import (
 	"context"
-	"errors"
 	"path/filepath"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -52,7 +51,7 @@ type listView struct {
 
 func (d *Driver) newListView() *listView {
 	lv := &listView{d: d, enforced: map[string]*bool{}, contexts: map[contextKey]map[string]string{}}
-	lv.mounts, lv.mountErr = mounttable.Read()
+	lv.mounts, lv.mountErr = d.node.MountIndex()
 	if lv.mountErr != nil {
 		d.log.Warn("reading the mount table for a listing; published nodes left empty", "err", lv.mountErr)
 	}
@@ -166,45 +165,14 @@ func (lv *listView) mountsOf(ctx context.Context, src backend.Source, named bool
 	return nil
 }
 
-// readLoops indexes the attached loop devices by their backing file's
-// device and inode. A device whose file was unlinked belongs to no
-// existing image (as in loopdev.FindByBackingFile).
+// readLoops is the node's loop devices by backing file; a failure leaves
+// image volumes unpublished in this listing, as a mount-table failure does.
 func (lv *listView) readLoops(ctx context.Context) map[mounttable.DevIno][]uint64 {
-	out := map[mounttable.DevIno][]uint64{}
-	if lv.d.cfg.Loop == nil {
-		return out
-	}
-	devs, err := lv.d.cfg.Loop.List(ctx)
+	out, err := lv.d.node.LoopsByBackingFile(ctx)
 	if err != nil {
 		lv.d.log.Warn("listing loop devices for a listing", "err", err)
-		return out
-	}
-	ids, _ := lv.d.cfg.Loop.(LoopBackingIDs)
-	for _, dev := range devs {
-		var fst, dst unix.Stat_t
-		if dev.Deleted || unix.Stat(dev.Path, &dst) != nil {
-			continue // unlinked, or gone since
-		}
-		var k mounttable.DevIno
-		if err := unix.Stat(dev.BackingFile, &fst); err == nil {
-			k = mounttable.DevIno{Dev: fst.Dev, Ino: fst.Ino}
-		} else if fsDev, ino, ok := backingIDOf(ids, dev.Path, err); ok {
-			k = mounttable.DevIno{Dev: fsDev, Ino: ino}
-		} else {
-			continue
-		}
-		out[k] = append(out[k], dst.Rdev)
 	}
 	return out
-}
-
-// backingIDOf asks the device for its file when its reported path names
-// nothing here (statErr), as loopdev.FindByBackingFile does.
-func backingIDOf(ids LoopBackingIDs, dev string, statErr error) (uint64, uint64, bool) {
-	if ids == nil || (!errors.Is(statErr, unix.ENOENT) && !errors.Is(statErr, unix.ENOTDIR)) {
-		return 0, 0, false
-	}
-	return ids.BackingID(dev)
 }
 
 // fits reports whether one more entry of n bytes keeps a reply of used

@@ -166,12 +166,13 @@ func (d *Driver) planStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 	}
 	// The CO creates the staging directory; a symlink anywhere in its path
 	// is refused, so the mount cannot land outside it.
-	if info, err := mountfd.StatPath(staging); err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nv, invalid("staging_target_path %q must be a directory the CO created", staging)
-		}
+	exists, dir, err := d.node.IsDir(staging)
+	switch {
+	case err != nil:
 		return nv, fmt.Errorf("staging_target_path: %w", err)
-	} else if !info.Dir() {
+	case !exists:
+		return nv, invalid("staging_target_path %q must be a directory the CO created", staging)
+	case !dir:
 		return nv, invalid("staging_target_path %q is not a directory", staging)
 	}
 	return nv, nil
@@ -237,7 +238,7 @@ func (d *Driver) executeStage(ctx context.Context, nv nodeVolume, req *csi.NodeS
 	case backend.SourceDirectory:
 		if err := d.node.StageDir(nv.src.Path, staging); err != nil {
 			if encrypted {
-				err = errors.Join(err, d.lockDir(ctx, nv))
+				err = errors.Join(err, d.node.LockDir(ctx, nv.id, nv.src))
 			}
 			return err
 		}
@@ -293,7 +294,7 @@ func (d *Driver) prepareImage(ctx context.Context, nv nodeVolume, req *csi.NodeS
 // closeAfterFailedStage is the undo of opening nv's LUKS mapping.
 func (d *Driver) closeAfterFailedStage(ctx context.Context, nv nodeVolume) func() {
 	return func() {
-		if err := closeLUKS(context.WithoutCancel(ctx), nv.id); err != nil {
+		if err := d.node.CloseMapping(context.WithoutCancel(ctx), nv.id); err != nil {
 			d.log.Error("close after a failed stage", "volume", nv.id, "err", err)
 		}
 	}
@@ -338,23 +339,27 @@ func (d *Driver) nodeUnstage(ctx context.Context, req *csi.NodeUnstageVolumeRequ
 	if foreign {
 		d.log.Warn("unstage: staging_target_path holds a mount that is not this volume's; left untouched", "volume", req.GetVolumeId(), "staging", staging)
 	} else if err == nil {
-		if err := d.lockDir(ctx, nv); err != nil {
+		if err := d.node.LockDir(ctx, nv.id, nv.src); err != nil {
 			return err
 		}
 	}
 	switch {
 	case err == nil && nv.src.Kind == backend.SourceImageFile && d.node.HasLoops():
-		if err := d.detachUnused(ctx, nv); err != nil {
+		if err := d.node.ReleaseImage(ctx, nv.id, nv.src); err != nil {
 			return err
 		}
-	case err == nil && nv.src.Kind == backend.SourceBlockDevice:
-		if err := d.closeBlockDevice(ctx, nv); err != nil {
+	case err == nil && nv.src.Kind == backend.SourceBlockDevice && nv.src.LUKS:
+		// The mapping of an encrypted block device closes, so that its key
+		// leaves the kernel.
+		if err := d.node.CloseMappingUnused(ctx, nv.id, nv.src); err != nil {
 			return err
 		}
 	case errdefs.Is(err, errdefs.ErrNotFound) && d.node.HasLoops():
 		// Deleted while staged: its image is unlinked but may still be
 		// attached, and this is the last call the node gets for it.
-		if err := d.detachDeletedImage(ctx, req.GetVolumeId()); err != nil {
+		// The pools say which loop devices held its image.
+		isImage := func(file string) bool { return d.isImageOf(file, req.GetVolumeId()) }
+		if err := d.node.ReleaseDeletedImage(ctx, req.GetVolumeId(), isImage); err != nil {
 			return err
 		}
 	case err != nil && !errdefs.Is(err, errdefs.ErrNotFound):
@@ -362,30 +367,6 @@ func (d *Driver) nodeUnstage(ctx context.Context, req *csi.NodeUnstageVolumeRequ
 	}
 	if n > 0 {
 		d.log.Info("volume unstaged", "volume", req.GetVolumeId(), "staging", staging, "unmounted", n)
-	}
-	return nil
-}
-
-// detachUnused detaches the volume's loop devices once nothing mounts them.
-func (d *Driver) detachUnused(ctx context.Context, nv nodeVolume) error {
-	mps, err := d.node.MountsOf(ctx, nv.src)
-	if err != nil {
-		return err
-	}
-	if len(mps) > 0 {
-		return fmt.Errorf("volume %s is still mounted at %v; unpublish it first: %w", nv.id, mps, errdefs.ErrFailedPrecondition)
-	}
-	if err := closeLUKS(ctx, nv.id); err != nil {
-		return err
-	}
-	devs, err := d.node.Loops().Find(ctx, nv.src.Path)
-	if err != nil {
-		return err
-	}
-	for _, dev := range devs {
-		if err := d.node.Detach(ctx, nv.id, dev); err != nil {
-			return err
-		}
 	}
 	return nil
 }
@@ -578,7 +559,7 @@ func (d *Driver) nodeUnpublish(ctx context.Context, req *csi.NodeUnpublishVolume
 		return err
 	}
 	defer unlock()
-	exists, err := mountfd.Exists(target)
+	exists, err := d.node.Exists(target)
 	if err != nil {
 		return fmt.Errorf("target_path: %w", err)
 	}
@@ -820,8 +801,8 @@ func (d *Driver) growImageOnNode(ctx context.Context, nv nodeVolume, path string
 		return err
 	}
 	if dev != devs[0] { // an open LUKS mapping: it must fill the grown device
-		if err := luks.Resize(ctx, luks.MappingName(nv.id)); err != nil {
-			return fmt.Errorf("volume %s: %w", nv.id, err)
+		if err := d.node.ResizeMapping(ctx, nv.id); err != nil {
+			return err
 		}
 	}
 	if ok, err := d.filesystemMountedAt(ctx, nv, path); err != nil || !ok {

@@ -9,7 +9,6 @@ import (
 	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"golang.org/x/sys/unix"
 
 	"github.com/cairn-csi/cairn/internal/backend"
 	"github.com/cairn-csi/cairn/internal/errdefs"
@@ -42,7 +41,7 @@ func (d *Driver) reconcileLoops(ctx context.Context) {
 			if !dev.Deleted && !errdefs.Is(srcErr, errdefs.ErrNotFound) {
 				continue // a live volume: its workload may still be using it
 			}
-			if err := closeLUKS(ctx, id); err != nil {
+			if err := d.node.CloseMapping(ctx, id); err != nil {
 				d.log.Error("reconcile: cannot close the mapping of a deleted volume", "volume", id, "err", err)
 			}
 			if err := d.node.Loops().Detach(ctx, dev.Path); err != nil {
@@ -81,41 +80,6 @@ func imageMountOptions(fsType string, flags []string) []string {
 		opts = append(opts, "nouuid")
 	}
 	return opts
-}
-
-// detachDeletedImage detaches the loop devices still attached to the image
-// of volume id, which no longer exists: it was deleted while staged (for
-// block access, staging only attaches, so nothing looked in use). The
-// devices are found by the image path the kernel reports ("rm-<id>
-// (deleted)"), through the pools that keep volumes in image files.
-func (d *Driver) detachDeletedImage(ctx context.Context, id string) error {
-	if err := closeLUKS(ctx, id); err != nil {
-		return err
-	}
-	devs, err := d.node.Loops().List(ctx)
-	if err != nil {
-		return err
-	}
-	for _, dev := range devs {
-		if !d.isImageOf(dev.BackingFile, id) {
-			continue
-		}
-		var st unix.Stat_t
-		if err := unix.Stat(dev.Path, &st); err != nil {
-			continue // detached since List
-		}
-		mps, err := d.node.MountPointsOf(node.DeviceIdentity(st.Rdev))
-		if err != nil {
-			return err
-		}
-		if len(mps) > 0 {
-			return fmt.Errorf("volume %s was deleted but its device %s is still mounted at %v; unpublish it first: %w", id, dev.Path, mps, errdefs.ErrFailedPrecondition)
-		}
-		if err := d.node.Detach(ctx, id, dev.Path); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // isImageOf reports whether file is (or was) the image of volume id in one

@@ -4,14 +4,12 @@ import (
 	"context"
 	"crypto/hkdf"
 	"crypto/sha512"
-	"errors"
 	"fmt"
-	"os"
 
 	"github.com/cairn-csi/cairn/internal/backend"
-	"github.com/cairn-csi/cairn/internal/crashpoint"
 	"github.com/cairn-csi/cairn/internal/errdefs"
 	"github.com/cairn-csi/cairn/internal/luks"
+	"github.com/cairn-csi/cairn/internal/node"
 	"github.com/cairn-csi/cairn/internal/store"
 )
 
@@ -50,43 +48,22 @@ func isLUKSVolume(nv nodeVolume) (bool, error) {
 // openLUKS opens the LUKS volume on loop device dev with the key from the
 // stage secrets and returns the mapping's device. A wrong passphrase is
 // PERMISSION_DENIED; with previousEncryptionPassphrase the volume is
-// rekeyed to the new one first.
+// rekeyed to the new one first (node.OpenMapping).
 func (d *Driver) openLUKS(ctx context.Context, nv nodeVolume, dev string, secrets map[string]string) (string, error) {
-	name := luks.MappingName(nv.id)
 	secret, err := passphrase(secrets)
 	if err != nil {
 		return "", err
 	}
-	key, err := LUKSKey(secret, nv.id)
-	if err != nil {
+	spec := node.MappingSpec{VolID: nv.id, Dev: dev, KeyName: "secrets." + SecretEncryptionPassphrase}
+	if spec.Key, err = LUKSKey(secret, nv.id); err != nil {
 		return "", err
 	}
-	if err := luks.Check(ctx, dev, key); errors.Is(err, luks.ErrWrongKey) {
-		prev, ok := secrets[SecretPreviousEncryptionPassphrase]
-		if !ok {
-			return "", fmt.Errorf("secrets.%s does not unlock volume %s: %w", SecretEncryptionPassphrase, nv.id, err)
+	if prev, ok := secrets[SecretPreviousEncryptionPassphrase]; ok {
+		if spec.PrevKey, err = LUKSKey([]byte(prev), nv.id); err != nil {
+			return "", err
 		}
-		oldKey, kerr := LUKSKey([]byte(prev), nv.id)
-		if kerr != nil {
-			return "", kerr
-		}
-		if err := luks.Rekey(ctx, dev, oldKey, key, luks.DefaultOptions()); err != nil {
-			return "", fmt.Errorf("rotate volume %s to the new passphrase: %w", nv.id, err)
-		}
-		d.log.Info("volume moved to a new passphrase", "volume", nv.id)
-	} else if err != nil {
-		return "", err
 	}
-	mapping, err := luks.Open(ctx, dev, name, key)
-	if err != nil {
-		return "", fmt.Errorf("open volume %s: %w", nv.id, err)
-	}
-	// A crash from here leaves the mapping open with nothing mounted, and
-	// the volume's key in the kernel: start-up reconcile closes it
-	// (reconcileMappings). The loop device stays, as after any crash
-	// before a mount: the next stage reuses it, unstage detaches it.
-	crashpoint.Hit("stage:luks-opened")
-	return mapping, nil
+	return d.node.OpenMapping(ctx, spec)
 }
 
 // reconcileMappings closes the LUKS mappings of encrypted image volumes
@@ -113,7 +90,7 @@ func (d *Driver) reconcileMappings(ctx context.Context) {
 		return
 	}
 	for _, v := range vols {
-		if _, err := os.Stat(luks.MappingPath(luks.MappingName(v.ID))); err != nil {
+		if _, open := node.Mapping(v.ID); !open {
 			continue
 		}
 		pool, ok := d.pools[v.Pool]
@@ -129,7 +106,7 @@ func (d *Driver) reconcileMappings(ctx context.Context) {
 		if mps, err := d.node.MountsOf(ctx, src); err != nil || len(mps) > 0 {
 			continue
 		}
-		if err := closeLUKS(ctx, v.ID); err != nil {
+		if err := d.node.CloseMapping(ctx, v.ID); err != nil {
 			d.log.Error("reconcile: cannot close the mapping of an encrypted volume that nothing mounts", "volume", v.ID, "err", err)
 			continue
 		}
@@ -137,19 +114,10 @@ func (d *Driver) reconcileMappings(ctx context.Context) {
 	}
 }
 
-// closeLUKS closes volume id's mapping, if it is open.
-func closeLUKS(ctx context.Context, id string) error {
-	if err := luks.Close(ctx, luks.MappingName(id)); err != nil {
-		return fmt.Errorf("close the encrypted mapping of volume %s: %w", id, err)
-	}
-	return nil
-}
-
 // volumeDevice is the device an image volume's data is reached through on
 // this node: its open LUKS mapping, or its loop device.
 func (d *Driver) volumeDevice(ctx context.Context, nv nodeVolume) (string, error) {
-	p := luks.MappingPath(luks.MappingName(nv.id))
-	if _, err := os.Stat(p); err == nil {
+	if p, open := node.Mapping(nv.id); open {
 		return p, nil
 	}
 	devs, err := d.node.Loops().Find(ctx, nv.src.Path)

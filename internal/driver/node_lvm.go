@@ -24,7 +24,6 @@ import (
 
 	"github.com/cairn-csi/cairn/internal/backend"
 	"github.com/cairn-csi/cairn/internal/errdefs"
-	"github.com/cairn-csi/cairn/internal/luks"
 	"github.com/cairn-csi/cairn/internal/mountfd"
 	"github.com/cairn-csi/cairn/internal/node"
 )
@@ -85,27 +84,11 @@ func blockDeviceOf(nv nodeVolume) (string, error) {
 	if !nv.src.LUKS {
 		return deviceNode(nv.src)
 	}
-	p := luks.MappingPath(luks.MappingName(nv.id))
-	if _, err := os.Stat(p); err != nil {
+	p, open := node.Mapping(nv.id)
+	if !open {
 		return "", fmt.Errorf("volume %s is encrypted and not staged (its mapping %s is not open): %w", nv.id, p, errdefs.ErrFailedPrecondition)
 	}
 	return p, nil
-}
-
-// closeBlockDevice closes an encrypted block device volume's mapping at
-// unstage, once nothing mounts it, so that the key leaves the kernel.
-func (d *Driver) closeBlockDevice(ctx context.Context, nv nodeVolume) error {
-	if !nv.src.LUKS {
-		return nil
-	}
-	mps, err := d.node.MountsOf(ctx, nv.src)
-	if err != nil {
-		return err
-	}
-	if len(mps) > 0 {
-		return fmt.Errorf("volume %s is still mounted at %v; unpublish it first: %w", nv.id, mps, errdefs.ErrFailedPrecondition)
-	}
-	return closeLUKS(ctx, nv.id)
 }
 
 // stageBlockDevice stages a block device volume: for mount access, format
@@ -189,10 +172,9 @@ func blockDeviceUsage(nv nodeVolume, path string) (backend.Usage, error) {
 // filesystem the workload made on its raw device is the workload's.
 func (d *Driver) growBlockDeviceOnNode(ctx context.Context, nv nodeVolume, path string) error {
 	if nv.src.LUKS {
-		name := luks.MappingName(nv.id)
-		if _, err := os.Stat(luks.MappingPath(name)); err == nil {
-			if err := luks.Resize(ctx, name); err != nil {
-				return fmt.Errorf("volume %s: %w", nv.id, err)
+		if _, open := node.Mapping(nv.id); open {
+			if err := d.node.ResizeMapping(ctx, nv.id); err != nil {
+				return err
 			}
 		}
 	}

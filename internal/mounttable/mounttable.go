@@ -51,25 +51,31 @@ func Read() (*Table, error) { return ReadFile("/proc/self/mountinfo") }
 
 // ReadFile is Read from a mountinfo file of another process or a test.
 func ReadFile(path string) (*Table, error) {
-	infos, err := parse(path)
+	infos, err := mount.ParseMountInfo(path)
 	if err != nil {
 		return nil, err
 	}
+	return FromInfos(infos), nil
+}
+
+// FromInfos indexes a mount table already parsed by mount-utils (escaped
+// as the kernel writes it), such as an injected one; infos is not changed.
+func FromInfos(infos []mount.MountInfo) *Table {
 	t := &Table{byName: map[string][]int{}}
 	seen := map[string]bool{}
 	for _, mi := range infos {
-		mp := mi.MountPoint // parse unescaped it, and the source
+		mp := Unescape(mi.MountPoint)
 		if seen[mp] {
 			// Stacked mounts: stat sees only the top one, as before.
 			continue
 		}
 		seen[mp] = true
-		t.mounts = append(t.mounts, entry{mountPoint: mp, source: mi.Source})
+		t.mounts = append(t.mounts, entry{mountPoint: mp, source: Unescape(mi.Source)})
 		if name := rootName(Unescape(mi.Root)); name != "" {
 			t.byName[name] = append(t.byName[name], len(t.mounts)-1)
 		}
 	}
-	return t, nil
+	return t
 }
 
 // rootName is the last element of a mount's root ("/a/vol-1" -> "vol-1").

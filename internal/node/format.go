@@ -54,7 +54,7 @@ func (n *Node) Format(ctx context.Context, volID, dev, fsType string, args []str
 		}
 	}
 	n.log.Info("formatting volume", "volume", volID, "device", dev, "fsType", fsType)
-	if out, err := RunTool(ctx, "mkfs."+fsType, args...); err != nil {
+	if out, err := n.host.RunTool(ctx, "mkfs."+fsType, args...); err != nil {
 		return fmt.Errorf("volume %s: mkfs.%s %s: %w: %s", volID, fsType, dev, err, out)
 	}
 	if err := syncDevice(dev); err != nil {

@@ -37,7 +37,7 @@ func (n *Node) ResizeFS(ctx context.Context, dev, mountPath string) error {
 // e2fsck -f -p first. Offline growth needs no CAP_SYS_RESOURCE, unlike
 // online growth.
 func (n *Node) GrowExtOffline(ctx context.Context, volID, dev string) error {
-	out, err := RunTool(ctx, "e2fsck", "-f", "-p", dev)
+	out, err := n.host.RunTool(ctx, "e2fsck", "-f", "-p", dev)
 	var ee *exec.ExitError
 	// Exit 1 and 2: errors were corrected; 4 and up: they were not.
 	if errors.As(err, &ee) && ee.ExitCode() < 4 {
@@ -46,7 +46,7 @@ func (n *Node) GrowExtOffline(ctx context.Context, volID, dev string) error {
 	if err != nil {
 		return fmt.Errorf("volume %s: e2fsck before growing: %w: %s", volID, err, out)
 	}
-	if out, err := RunTool(ctx, "resize2fs", dev); err != nil {
+	if out, err := n.host.RunTool(ctx, "resize2fs", dev); err != nil {
 		return fmt.Errorf("volume %s: resize2fs %s: %w: %s", volID, dev, err, out)
 	}
 	n.log.Info("filesystem grown", "volume", volID, "device", dev, "tool", "resize2fs", "online", false)
@@ -65,7 +65,7 @@ func (n *Node) GrowOnline(ctx context.Context, volID, fsType, mp string) error {
 	default:
 		return fmt.Errorf("volume %s: cannot grow %s online: %w", volID, fsType, errdefs.ErrFailedPrecondition)
 	}
-	if out, err := RunTool(ctx, tool[0], tool[1:]...); err != nil {
+	if out, err := n.host.RunTool(ctx, tool[0], tool[1:]...); err != nil {
 		return fmt.Errorf("volume %s: its image is larger than its filesystem: %s: %w: %s", volID, strings.Join(tool, " "), err, out)
 	}
 	n.log.Info("filesystem grown", "volume", volID, "mount", mp, "tool", tool[0], "online", true)

@@ -102,14 +102,14 @@ func (n *Node) MountImage(ctx context.Context, m ImageMount, staging string) err
 	if err != nil {
 		return fmt.Errorf("staging_target_path: %w", err)
 	}
-	err = mountfd.MountFS(dev, sh, m.FsType, m.Attrs, m.FsOpts)
+	err = n.host.MountFS(dev, sh, m.FsType, m.Attrs, m.FsOpts)
 	sh.Close()
 	if err != nil {
 		return err
 	}
 	if grow {
 		if err := n.GrowOnline(ctx, m.VolID, info.Type, staging); err != nil {
-			if uerr := mountfd.Unmount(staging); uerr != nil {
+			if uerr := n.host.Unmount(staging); uerr != nil {
 				err = errors.Join(err, fmt.Errorf("unmount %s again: %w", staging, uerr))
 			}
 			return err

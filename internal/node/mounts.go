@@ -270,3 +270,22 @@ func holderDevs(dev string) []uint64 {
 	}
 	return out
 }
+
+// Exists reports whether anything is at path, looked up as Inspect does
+// (a symbolic link in any component is refused): unpublish's "is there
+// still a target?".
+func (n *Node) Exists(path string) (bool, error) { return mountfd.Exists(path) }
+
+// IsDir reports whether path exists and is a directory, looked up as
+// Inspect does: stage's check that the staging path is a directory the CO
+// made, so that the mount cannot land outside it.
+func (n *Node) IsDir(path string) (exists, dir bool, err error) {
+	info, err := mountfd.StatPath(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, false, nil
+	}
+	if err != nil {
+		return false, false, err
+	}
+	return true, info.Dir(), nil
+}

@@ -8,6 +8,7 @@ import (
 	utilexec "k8s.io/utils/exec"
 
 	"github.com/cairn-csi/cairn/internal/loopdev"
+	"github.com/cairn-csi/cairn/internal/mountfd"
 )
 
 // LoopDevices is what the node needs of loop devices; KernelLoops
@@ -49,6 +50,37 @@ func (ProcMountTable) Mounts() ([]mount.MountInfo, error) {
 	return mount.ParseMountInfo("/proc/self/mountinfo")
 }
 
+// Host is what the node does to the machine besides bind mounts, the mount
+// table and loop devices: run a filesystem tool (mkfs, e2fsck, resize2fs,
+// xfs_growfs, btrfs) and mount or unmount a filesystem. KernelHost does it
+// for real; unit tests fake it, so that MountImage's format, grow and
+// mount decisions are tested without root.
+type Host interface {
+	// RunTool runs a tool and returns its combined output.
+	RunTool(ctx context.Context, name string, args ...string) ([]byte, error)
+	// MountFS mounts the filesystem on dev at the opened directory dir.
+	MountFS(dev string, dir *mountfd.Handle, fsType string, attrs mountfd.Attrs, fsOpts []string) error
+	// Unmount removes the top mount at path.
+	Unmount(path string) error
+}
+
+// KernelHost is Host over exec (RunTool), mount(2) and umount(2)
+// (internal/mountfd).
+type KernelHost struct{}
+
+// RunTool is the package's RunTool.
+func (KernelHost) RunTool(ctx context.Context, name string, args ...string) ([]byte, error) {
+	return RunTool(ctx, name, args...)
+}
+
+// MountFS is mountfd.MountFS.
+func (KernelHost) MountFS(dev string, dir *mountfd.Handle, fsType string, attrs mountfd.Attrs, fsOpts []string) error {
+	return mountfd.MountFS(dev, dir, fsType, attrs, fsOpts)
+}
+
+// Unmount is mountfd.Unmount.
+func (KernelHost) Unmount(path string) error { return mountfd.Unmount(path) }
+
 // Config is what a Node is built from.
 type Config struct {
 	Logger *slog.Logger
@@ -61,6 +93,8 @@ type Config struct {
 	Table MountTable
 	// StateDir holds the freeze markers; "" keeps none.
 	StateDir string
+	// Host runs filesystem tools and mounts filesystems; nil: KernelHost.
+	Host Host
 }
 
 // Node is the node layer of one driver process. It is safe for concurrent
@@ -71,11 +105,12 @@ type Node struct {
 	mounter  *mount.SafeFormatAndMount
 	table    MountTable
 	stateDir string
+	host     Host
 }
 
 // New makes a Node.
 func New(cfg Config) *Node {
-	n := &Node{log: cfg.Logger, loop: cfg.Loop, mounter: cfg.Mounter, table: cfg.Table, stateDir: cfg.StateDir}
+	n := &Node{log: cfg.Logger, loop: cfg.Loop, mounter: cfg.Mounter, table: cfg.Table, stateDir: cfg.StateDir, host: cfg.Host}
 	if n.log == nil {
 		n.log = slog.Default()
 	}
@@ -84,6 +119,9 @@ func New(cfg Config) *Node {
 	}
 	if n.table == nil {
 		n.table = ProcMountTable{}
+	}
+	if n.host == nil {
+		n.host = KernelHost{}
 	}
 	return n
 }
