@@ -46,10 +46,10 @@ fi
 # is kept in a file and printed whole when it ends, so that neither log is
 # interleaved with the other. CAIRN_SERIAL_LANES=1 runs them one after the
 # other.
-vm_log=$(mktemp /tmp/cairn-vm-lane.XXXXXX)
 vm_pid=
 if [ -z "${CAIRN_SERIAL_LANES:-}" ] && [ -x test/e2e/run.sh ]; then
   echo "== vm lane (started in the background; its output follows the e2e)"
+  vm_log=$(mktemp /tmp/cairn-vm-lane.XXXXXX)
   # Sharing the CPU slows the lane: its whole-lane timeout is raised.
   CAIRN_VM_LANE_TIMEOUT=${CAIRN_VM_LANE_TIMEOUT:-3600} bash hack/vm-lane.sh >"$vm_log" 2>&1 &
   vm_pid=$!
@@ -65,11 +65,11 @@ if [ -n "$vm_pid" ]; then
   vm_rc=0
   wait "$vm_pid" || vm_rc=$?
   cat "$vm_log"
+  rm -f "$vm_log"
   [ "$vm_rc" -eq 0 ] || failed+=("vm lane")
 else
   bash hack/vm-lane.sh || failed+=("vm lane")
 fi
-rm -f "$vm_log"
 
 if [ "${#failed[@]}" -gt 0 ]; then
   echo "== FAILED: ${failed[*]}"

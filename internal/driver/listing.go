@@ -140,7 +140,7 @@ func (lv *listView) published(ctx context.Context, v store.Volume) []string {
 	return nil
 }
 
-// mountsOf identifies src by device and inode, as Driver.identityOf does,
+// mountsOf identifies src by device and inode, as node.IdentityOf does,
 // and looks it up in the table. named: src is a directory named by its
 // volume's ID, so only the mounts of that name need a stat.
 func (lv *listView) mountsOf(ctx context.Context, src backend.Source, named bool) []string {

@@ -99,7 +99,7 @@ func (d *Driver) reconcileMappings(ctx context.Context) {
 		}
 		src, err := pool.Source(ctx, v.ID)
 		// An image's mapping sits on its loop device, an lvm volume's on
-		// the LV; identityOf finds either one's mounts through its holders.
+		// the LV; node.IdentityOf finds either one's mounts through its holders.
 		if err != nil || (src.Kind != backend.SourceImageFile && src.Kind != backend.SourceBlockDevice) {
 			continue
 		}

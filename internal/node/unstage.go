@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"path/filepath"
 
@@ -114,14 +113,8 @@ func KeyringDir(src backend.Source) string { return filepath.Dir(src.Path) }
 // directory that is not encrypted, or a filesystem without fscrypt, has
 // nothing to lock.
 func (n *Node) LockDir(ctx context.Context, volID string, src backend.Source) error {
-	if src.Kind != backend.SourceDirectory {
-		return nil
-	}
-	kid, encrypted, err := fscrypt.Policy(src.Path)
-	if errors.Is(err, fscrypt.ErrNotSupported) || (err == nil && !encrypted) {
-		return nil
-	}
-	if err != nil {
+	kid, encrypted, err := n.DirEncryption(src)
+	if err != nil || !encrypted {
 		return err
 	}
 	mps, err := n.MountsOf(ctx, src)
